@@ -1,0 +1,35 @@
+"""Frozen option objects built by the CLI and read by the library."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from upscaler.values import Precision
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """How a backend runs a model.
+
+    device: "auto", "cpu", "cuda", "cuda:N" or "mps"; threads: intra-op threads, None leaves the
+    backend's default.
+    """
+
+    device: str = "auto"
+    precision: Precision = Precision.FP32
+    threads: int | None = None
+    channels_last: bool = True
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """How frames are cut into tiles.
+
+    tile_size: the side of a tile in input pixels, or None to pick the largest that fits
+    `memory_budget` bytes; overlap: input pixels each tile reads beyond the part it owns, on every side.
+    """
+
+    tile_size: int | None = None
+    overlap: int = 16
+    batch_size: int = 4
+    memory_budget: int = 2 * 1024**3

@@ -1,0 +1,38 @@
+"""Small value types shared by every layer. Standard library only."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from upscaler.errors import UpscaleError
+
+
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+    @classmethod
+    def parse(cls, text: str) -> Precision:
+        try:
+            return cls(text.lower())
+        except ValueError:
+            known = ", ".join(p.value for p in cls)
+            raise UpscaleError(f"unknown precision {text!r}; known: {known}") from None
+
+
+@dataclass(frozen=True)
+class SizeRequirement:
+    """What a model needs of its input's height and width."""
+
+    multiple_of: int = 1
+    minimum: int = 1
+
+    def padded(self, size: int) -> int:
+        """The smallest size >= `size` that the model accepts."""
+        size = max(size, self.minimum)
+        return -(-size // self.multiple_of) * self.multiple_of
+
+    def accepts(self, size: int) -> bool:
+        return size >= self.minimum and size % self.multiple_of == 0

@@ -26,10 +26,11 @@ class TileOptions:
     """How frames are cut into tiles.
 
     tile_size: the side of a tile in input pixels, or None to pick the largest that fits
-    `memory_budget` bytes; overlap: input pixels each tile reads beyond the part it owns, on every side.
+    `memory_budget` bytes; overlap: input pixels each tile reads beyond the part it owns, on every side,
+    or None for the model's own hint (about its receptive field).
     """
 
     tile_size: int | None = None
-    overlap: int = 16
+    overlap: int | None = None
     batch_size: int = 4
     memory_budget: int = 2 * 1024**3

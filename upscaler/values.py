@@ -36,3 +36,30 @@ class SizeRequirement:
 
     def accepts(self, size: int) -> bool:
         return size >= self.minimum and size % self.multiple_of == 0
+
+
+@dataclass(frozen=True)
+class TileRegion:
+    """One tile of a frame, in input pixels; ranges are half-open, like slices.
+
+    The tile reads rows `top:bottom` and columns `left:right`, and owns rows `own_top:own_bottom` and
+    columns `own_left:own_right`, which lie inside what it reads. Every pixel of the frame is owned by
+    exactly one tile; the rest of what a tile reads is context and blending margin.
+    """
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+    own_top: int
+    own_left: int
+    own_bottom: int
+    own_right: int
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left

@@ -1,0 +1,327 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from upscaler.errors import BackendError, OutOfMemory, UpscaleError
+from upscaler.tiling import Tiler, choose_tile_size, plan_tiles, upscale_tiled
+from upscaler.values import SizeRequirement
+
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def nearest(scale: int, requirement: SizeRequirement | None = None):
+    """A model with no receptive field: any tiling must reproduce it exactly."""
+    requirement = requirement or SizeRequirement()
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        assert batch.dtype == np.float32 and batch.ndim == 4
+        assert requirement.accepts(batch.shape[2]) and requirement.accepts(batch.shape[3]), batch.shape
+        return batch.repeat(scale, axis=2).repeat(scale, axis=3)
+
+    return infer
+
+
+def upscale_nearest(image: np.ndarray, scale: int) -> np.ndarray:
+    return image.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def tiny_model():
+    """Three 3x3 convolutions and a x2 pixel shuffle: receptive-field radius 3 input pixels."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.LeakyReLU(0.2),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.LeakyReLU(0.2),
+        torch.nn.Conv2d(8, 3 * 4, 3, padding=1),
+        torch.nn.PixelShuffle(2),
+        torch.nn.Sigmoid(),  # pointwise, so the radius stays 3; keeps outputs inside the clip range
+    ).eval()
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(batch)).numpy()
+
+    return infer
+
+
+def untiled(image: np.ndarray, infer, scale: int, requirement: SizeRequirement) -> np.ndarray:
+    _, height, width = image.shape
+    pad = ((0, 0), (0, requirement.padded(height) - height), (0, requirement.padded(width) - width))
+    output = infer(np.pad(image, pad, mode="reflect")[None])[0]
+    return np.clip(output[:, : height * scale, : width * scale], 0, 1)
+
+
+def random_image(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((channels, height, width), dtype=np.float32)
+
+
+@st.composite
+def plans(draw):
+    tile = draw(st.integers(1, 300))
+    # Bounded by the tile so a plan never has more than a few thousand tiles.
+    height = draw(st.integers(1, min(1200, tile * 40)))
+    width = draw(st.integers(1, min(1200, tile * 40)))
+    return height, width, tile, draw(st.integers(0, 50))
+
+
+@FAST
+@given(plans())
+@example((1, 1, 1, 0))
+@example((1, 1, 256, 16))
+@example((3, 517, 256, 16))
+@example((3, 517, 64, 5))
+@example((1000, 7, 32, 8))
+@example((1000, 7, 1, 0))
+def test_plan_owns_every_pixel_once_with_equal_tiles_inside_the_image(plan):
+    height, width, tile, overlap = plan
+    tiles = plan_tiles(height, width, tile, overlap)
+    owners = np.zeros((height, width), dtype=np.int32)
+    window = min(tile + 2 * overlap, height), min(tile + 2 * overlap, width)
+    for t in tiles:
+        assert (t.height, t.width) == window
+        assert t.top >= 0 and t.left >= 0 and t.bottom <= height and t.right <= width
+        assert t.top <= t.own_top < t.own_bottom <= t.bottom
+        assert t.left <= t.own_left < t.own_right <= t.right
+        # Context on every side that has a neighbour, so the model sees past what the tile owns.
+        assert t.own_top == 0 or t.own_top - t.top >= overlap
+        assert t.own_left == 0 or t.own_left - t.left >= overlap
+        assert t.own_bottom == height or t.bottom - t.own_bottom >= overlap
+        assert t.own_right == width or t.right - t.own_right >= overlap
+        owners[t.own_top : t.own_bottom, t.own_left : t.own_right] += 1
+    assert (owners == 1).all()
+
+
+def test_a_tile_that_covers_the_image_is_the_whole_image():
+    (only,) = plan_tiles(288, 270, 256, 16)  # 256 + 2 * 16 = 288
+    assert (only.top, only.left, only.bottom, only.right) == (0, 0, 288, 270)
+    assert (only.own_top, only.own_left, only.own_bottom, only.own_right) == (0, 0, 288, 270)
+
+
+@st.composite
+def runs(draw):
+    multiple_of = draw(st.sampled_from([1, 2, 3, 4, 8]))
+    minimum = draw(st.sampled_from([1, 8, 16]))
+    tile = multiple_of * draw(st.integers(-(-8 // multiple_of), 80 // multiple_of))
+    return (
+        draw(st.integers(1, 160)),
+        draw(st.integers(1, 160)),
+        tile,
+        draw(st.integers(0, 12)),
+        draw(st.integers(1, 4)),
+        SizeRequirement(multiple_of, minimum),
+        draw(st.integers(1, 5)),
+    )
+
+
+@FAST
+@given(runs())
+@example((1, 1, 8, 2, 2, SizeRequirement(4, 8), 4))
+@example((3, 517, 64, 8, 2, SizeRequirement(4, 1), 4))
+@example((1000, 7, 64, 8, 3, SizeRequirement(1, 1), 2))
+def test_output_is_the_input_times_scale_without_seams(run):
+    height, width, tile, overlap, scale, requirement, batch_size = run
+    image = random_image(height, width, channels=2)
+    infer = nearest(scale, requirement)
+    output = upscale_tiled(image, infer, scale, requirement, tile, overlap, batch_size)
+    assert output.shape == (2, height * scale, width * scale)
+    assert output.dtype == np.float32
+    np.testing.assert_allclose(output, upscale_nearest(image, scale), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "overlap", "multiple_of", "batch_size"),
+    [
+        (37, 53, 16, 6, 1, 1),
+        (64, 64, 32, 6, 4, 4),
+        (5, 70, 16, 8, 4, 3),
+        (100, 33, 24, 7, 4, 2),
+        (45, 45, 8, 6, 1, 5),
+        (30, 20, 64, 6, 4, 4),  # one tile: just pad, infer and crop
+    ],
+)
+def test_tiled_output_equals_untiled_when_overlap_covers_the_receptive_field(
+    height, width, tile, overlap, multiple_of, batch_size
+):
+    # The blend uses the inner half of the overlap, so the overlap is twice the radius.
+    infer, scale = tiny_model(), 2
+    requirement = SizeRequirement(multiple_of)
+    image = random_image(height, width)
+    tiled = upscale_tiled(image, infer, scale, requirement, tile, overlap, batch_size)
+    np.testing.assert_allclose(tiled, untiled(image, infer, scale, requirement), rtol=0, atol=1e-4)
+
+
+def test_constant_tiles_stitch_to_the_constant():
+    def constant(batch: np.ndarray) -> np.ndarray:
+        return np.full((batch.shape[0], 3, batch.shape[2] * 3, batch.shape[3] * 3), 0.3, np.float32)
+
+    output = upscale_tiled(random_image(77, 91), constant, 3, SizeRequirement(), 16, 6, 4)
+    np.testing.assert_allclose(output, 0.3, rtol=1e-6)
+
+
+def test_blending_spreads_the_step_between_tiles_across_the_overlap():
+    rng = np.random.default_rng(1)
+
+    def one_value_per_tile(batch: np.ndarray) -> np.ndarray:
+        values = rng.random(batch.shape[0], dtype=np.float32)[:, None, None, None]
+        return np.broadcast_to(values, (batch.shape[0], 3, batch.shape[2] * 2, batch.shape[3] * 2)).copy()
+
+    overlap, scale = 8, 2
+    image = random_image(100, 90)
+    output = upscale_tiled(image, one_value_per_tile, scale, SizeRequirement(), 32, overlap, 1)
+    spread = output.max() - output.min()
+    steepest = max(np.abs(np.diff(output, axis=1)).max(), np.abs(np.diff(output, axis=2)).max())
+    # A hard seam would jump by up to the spread in one pixel; a linear blend across the overlap's inner
+    # half (overlap * scale output pixels) climbs at most spread / (overlap * scale) per pixel.
+    assert steepest <= spread / (overlap * scale) + 1e-6
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (2, 2), (9, 1), (1, 13)])
+@pytest.mark.parametrize("tile", [None, 8, 32])
+def test_tiny_images_are_padded_to_the_requirement_and_cropped_back(shape, tile):
+    requirement = SizeRequirement(multiple_of=4, minimum=8)
+    image = random_image(*shape)
+    output = upscale_tiled(image, nearest(2, requirement), 2, requirement, tile, 2, 4)
+    np.testing.assert_allclose(output, upscale_nearest(image, 2), rtol=0, atol=1e-6)
+
+
+def test_out_of_memory_retries_with_batch_1_then_smaller_tiles_and_keeps_them():
+    model, calls, refused = tiny_model(), [], []
+
+    def small_tiles_only(batch: np.ndarray) -> np.ndarray:
+        calls.append(batch.shape)
+        if batch.shape[2] * batch.shape[3] > 48 * 48:
+            refused.append(batch.shape)
+            raise OutOfMemory("CUDA out of memory")
+        return model(batch)
+
+    requirement = SizeRequirement(4)
+    image = random_image(150, 130)
+    tiler = Tiler(small_tiles_only, 2, requirement, tile=128, overlap=6, batch_size=2)
+    output = tiler.upscale(image)
+    assert (tiler.tile_size, tiler.batch_size) == (32, 1)
+    assert [shape[0] for shape in refused] == [2, 1, 1]  # batch 1 first, then tiles 64, then 32 fits
+    expected = upscale_tiled(image, model, 2, requirement, 32, 6, 1)
+    np.testing.assert_allclose(output, expected, rtol=0, atol=1e-6)
+
+    refused.clear()
+    tiler.upscale(random_image(150, 130, seed=1))
+    assert not refused and tiler.tile_size == 32
+
+
+def test_out_of_memory_on_batches_only_keeps_the_tile_size():
+    def one_tile_at_a_time(batch: np.ndarray) -> np.ndarray:
+        if batch.shape[0] > 1:
+            raise OutOfMemory("CUDA out of memory")
+        return nearest(2)(batch)
+
+    image = random_image(100, 100)
+    tiler = Tiler(one_tile_at_a_time, 2, SizeRequirement(), tile=32, overlap=4, batch_size=4)
+    np.testing.assert_allclose(tiler.upscale(image), upscale_nearest(image, 2), rtol=0, atol=1e-6)
+    assert (tiler.tile_size, tiler.batch_size) == (32, 1)
+
+
+def test_after_out_of_memory_auto_tiles_grow_no_larger_on_later_frames():
+    def one_tile_at_a_time(batch: np.ndarray) -> np.ndarray:
+        if batch.shape[0] > 1:
+            raise OutOfMemory("CUDA out of memory")
+        return nearest(1)(batch)
+
+    # Four 100x100 windows fit the budget (tile 84 + 2 * 8); one 200x200 window would too.
+    budget = 4 * 100 * 100 * 4
+    tiler = Tiler(one_tile_at_a_time, 1, SizeRequirement(4), None, 8, 4, 4, budget)
+    tiler.upscale(random_image(300, 300))
+    assert (tiler.tile_size, tiler.batch_size) == (84, 1)
+    tiler.upscale(random_image(300, 300, seed=1))
+    assert tiler.tile_size == 84
+
+
+@pytest.mark.parametrize(("shape", "smallest"), [((200, 150), 32), ((20, 18), 20)])
+def test_out_of_memory_at_the_smallest_tile_is_raised_with_the_size_tried(shape, smallest):
+    def never_fits(batch: np.ndarray) -> np.ndarray:
+        raise OutOfMemory("CUDA out of memory")
+
+    tiler = Tiler(never_fits, 2, SizeRequirement(4), tile=128, overlap=4, batch_size=4)
+    with pytest.raises(OutOfMemory, match=f"even with {smallest}x{smallest} tiles") as raised:
+        tiler.upscale(random_image(*shape))
+    assert raised.value.hint
+    assert isinstance(raised.value.__cause__, OutOfMemory)
+
+
+def batch_shapes(image: np.ndarray, tile: int | None, **options) -> list[tuple[int, ...]]:
+    shapes = []
+
+    def record(batch: np.ndarray) -> np.ndarray:
+        shapes.append(batch.shape)
+        return nearest(1)(batch)
+
+    upscale_tiled(image, record, 1, SizeRequirement(4), tile, 8, 4, **options)
+    return shapes
+
+
+@pytest.mark.parametrize("budget", [40_000, 500_000, 3_000_000, 20_000_000])
+def test_auto_tile_size_is_the_largest_that_fits_the_budget(budget):
+    image, bytes_per_pixel = random_image(300, 460), 12
+
+    def largest_batch(tile: int | None) -> int:
+        shapes = batch_shapes(image, tile, bytes_per_pixel=bytes_per_pixel, memory_budget=budget)
+        return max(n * h * w * bytes_per_pixel for n, _, h, w in shapes)
+
+    tile = choose_tile_size(300, 460, SizeRequirement(4), 8, 4, bytes_per_pixel, budget)
+    assert tile % 4 == 0 and 32 <= tile <= 460
+    if tile > 32:  # below 32 the budget is not met, by design
+        assert largest_batch(None) <= budget
+    for larger in (tile + 4, 460):  # the next candidate, and one tile for the whole image
+        if tile < larger <= 460:
+            assert largest_batch(larger) > budget
+
+
+def test_auto_tile_size_prefers_one_large_tile_to_a_full_batch_of_smaller_ones():
+    # Four 166x166 windows fit, and so does one 300x300 window, which needs no blending at all.
+    assert choose_tile_size(300, 300, SizeRequirement(), 8, 4, 1, 4 * 166 * 166) == 300
+
+
+def test_auto_tile_size_without_a_budget_runs_the_image_in_one_tile():
+    assert batch_shapes(random_image(301, 199), None) == [(1, 3, 304, 200)]
+    assert choose_tile_size(301, 199, SizeRequirement(4), 8, 4, 0, 0) == 304
+
+
+def test_auto_tile_size_is_no_smaller_than_32_or_the_image():
+    assert choose_tile_size(500, 500, SizeRequirement(4), 8, 4, 12, 1) == 32
+    assert choose_tile_size(10, 9, SizeRequirement(4), 8, 4, 12, 1) == 12
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"tile": 250}, "tile size must be a multiple of 4 for this model (got 250)"),
+        ({"tile": 0}, "tile size must be positive (got 0)"),
+        ({"tile": 64, "overlap": -1}, "overlap must be >= 0 (got -1)"),
+        ({"tile": None, "overlap": -1}, "overlap must be >= 0 (got -1)"),
+        ({"batch_size": 0}, "batch size must be positive (got 0)"),
+        ({"scale": 0}, "scale must be a positive integer (got 0)"),
+    ],
+)
+def test_bad_options_say_what_to_change(options, message):
+    arguments = {"scale": 2, "tile": 64, "overlap": 8, "batch_size": 4} | options
+    with pytest.raises(UpscaleError) as raised:
+        Tiler(nearest(2), requirement=SizeRequirement(4), **arguments)
+    assert str(raised.value) == message
+
+
+def test_bad_images_and_plans_say_what_is_wrong():
+    with pytest.raises(UpscaleError, match=r"C x H x W .*\(4, 4\)"):
+        upscale_tiled(np.zeros((4, 4), np.float32), nearest(2), 2, SizeRequirement(), 64, 8, 4)
+    with pytest.raises(UpscaleError, match="image size must be positive"):
+        plan_tiles(0, 5, 64, 8)
+    with pytest.raises(UpscaleError, match="overlap must be >= 0"):
+        plan_tiles(5, 5, 64, -2)
+
+
+def test_a_model_returning_the_wrong_size_is_a_backend_error():
+    with pytest.raises(BackendError, match="returned shape"):
+        upscale_tiled(random_image(20, 20), nearest(3), 2, SizeRequirement(), 64, 8, 4)

@@ -1,0 +1,113 @@
+"""The backend protocol and the discovery of backends through entry points.
+
+A backend is a cheap object: `name`, `description`, `check()` (why it cannot run here, or None) and
+`open(model, options)` returning a session with `infer(batch)` and `close()`. Batches are NCHW float32
+RGB in [0, 1]; outputs are NCHW float32 with H and W times the model's scale. Padding, clamping and
+tiling happen in the core, never in a backend.
+
+Built-in backends register through the same entry-point group as third-party ones, so there is one way in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from upscaler.errors import BackendError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from upscaler.models import LoadedModel
+    from upscaler.options import BackendOptions
+
+ENTRY_POINT_GROUP = "upscaler.backends"
+
+# `--backend auto` takes the first of these that can run here, then any other available plugin.
+AUTO_PREFERENCE = ("tensorrt", "torch", "onnxruntime")
+
+
+@runtime_checkable
+class Session(Protocol):
+    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    description: str
+
+    def check(self) -> str | None: ...
+
+    def open(self, model: LoadedModel, options: BackendOptions) -> Session: ...
+
+
+class ClosingSession:
+    """Mixin that makes a session a context manager which closes it."""
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """One discovered backend: `problem` says why it cannot run here (None when it can)."""
+
+    name: str
+    description: str
+    problem: str | None
+    backend: Backend | None
+
+    @property
+    def available(self) -> bool:
+        return self.problem is None
+
+
+def discover_backends() -> dict[str, BackendStatus]:
+    """Every backend registered under the entry-point group, loaded and checked.
+
+    A plugin that fails to import is listed with the reason instead of breaking the others.
+    """
+    found: dict[str, BackendStatus] = {}
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name in found:
+            continue
+        try:
+            backend = entry.load()()
+        except Exception as exc:  # a broken third-party plugin must not take the tool down
+            found[entry.name] = BackendStatus(entry.name, entry.value, f"failed to load: {exc}", None)
+            continue
+        try:
+            problem = backend.check()
+        except Exception as exc:
+            problem = f"check failed: {exc}"
+        found[entry.name] = BackendStatus(entry.name, backend.description, problem, backend)
+    return found
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called `name`, or the best available one for "auto"."""
+    statuses = discover_backends()
+    if name == "auto":
+        order = [n for n in AUTO_PREFERENCE if n in statuses] + sorted(set(statuses) - set(AUTO_PREFERENCE))
+        for candidate in order:
+            status = statuses[candidate]
+            if status.available and status.backend is not None:
+                return status.backend
+        raise BackendError("no backend can run here", hint="run `upscale backends` to see why")
+    status = statuses.get(name)
+    if status is None:
+        known = ", ".join(sorted(statuses)) or "none"
+        raise BackendError(f"unknown backend {name!r}; known: {known}")
+    if status.problem is not None or status.backend is None:
+        raise BackendError(f"backend {name!r} cannot run here: {status.problem}")
+    return status.backend

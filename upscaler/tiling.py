@@ -1,0 +1,310 @@
+"""Cut a frame into overlapping tiles, run a model on them in batches and stitch the outputs.
+
+Pure numpy: the model is any `infer(batch) -> batch` callable. Each tile reads `overlap` input pixels
+beyond the part it owns, on every side that has a neighbour. The outer half of that margin is context
+only; across the inner half, neighbouring tiles are blended with linear weights. So a model whose
+receptive-field radius is at most overlap / 2 gives its untiled output exactly, and a larger one gives
+no visible seams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+
+import numpy as np
+
+from upscaler.errors import BackendError, OutOfMemory, UpscaleError
+from upscaler.values import SizeRequirement, TileRegion
+
+Infer = Callable[[np.ndarray], np.ndarray]
+
+# Below this side, tiles cost more in overlap than they save in memory.
+SMALLEST_TILE = 32
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[TileRegion]:
+    """Tiles, row by row, that together own every pixel of a `height` x `width` image exactly once.
+
+    Each tile reads `tile + 2 * overlap` pixels along an axis, or the whole axis when that is shorter,
+    so all tiles have one shape and can be batched; tiles at the image's edges are shifted inward rather
+    than cut short. What a tile owns has at least `overlap` pixels of what it reads on every side that
+    is not the image's border.
+    """
+    if height < 1 or width < 1:
+        raise UpscaleError(f"image size must be positive (got {height}x{width})")
+    _check_tile(tile, overlap)
+    rows = _axis_spans(height, tile, overlap)
+    columns = _axis_spans(width, tile, overlap)
+    return [
+        TileRegion(top, left, bottom, right, own_top, own_left, own_bottom, own_right)
+        for top, bottom, own_top, own_bottom in rows
+        for left, right, own_left, own_right in columns
+    ]
+
+
+def _axis_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """(start, end, own_start, own_end) of each tile along one axis."""
+    window = min(tile + 2 * overlap, size)
+    if window == size:
+        return [(0, size, 0, size)]
+    # Edge tiles need context on one side only, so they own `overlap` more than the `tile` the others
+    # own; spreading the rest evenly keeps every owned part at most that long.
+    inner = size - 2 * overlap
+    count = -(-inner // tile)
+    bounds = [0, *(overlap + i * inner // count for i in range(1, count)), size]
+    spans = []
+    for own_start, own_end in zip(bounds, bounds[1:], strict=False):
+        start = min(max(own_start - overlap, 0), size - window)
+        spans.append((start, start + window, own_start, own_end))
+    return spans
+
+
+# Cached because a video asks again for every frame, and the search walks every candidate.
+@lru_cache(maxsize=64)
+def choose_tile_size(
+    height: int,
+    width: int,
+    requirement: SizeRequirement,
+    overlap: int,
+    batch_size: int,
+    bytes_per_pixel: int,
+    memory_budget: int,
+) -> int:
+    """The largest tile side for a `height` x `width` image whose batches fit `memory_budget` bytes.
+
+    A batch is estimated at `bytes_per_pixel` per input pixel of the padded tiles in it. The tile is a
+    multiple of the model's `multiple_of`, at least 32 (or the whole image, when smaller) even if that
+    does not fit, and no larger than needed to cover the image in one tile. A budget or a per-pixel cost
+    of 0 means no limit.
+    """
+    _check_batch(batch_size)
+    if overlap < 0:
+        raise UpscaleError(f"overlap must be >= 0 (got {overlap})")
+    padded_h, padded_w = requirement.padded(height), requirement.padded(width)
+    largest = max(padded_h, padded_w)  # padded sides are multiples of `multiple_of`
+    if bytes_per_pixel <= 0 or memory_budget <= 0:
+        return largest
+    step = requirement.multiple_of
+    smallest = min(_round_up(SMALLEST_TILE, step), largest)
+
+    def cost(tile: int) -> int:
+        context = _context(tile, overlap, requirement)
+        rows = _axis_spans(padded_h, tile, context)
+        columns = _axis_spans(padded_w, tile, context)
+        window = (rows[0][1] - rows[0][0]) * (columns[0][1] - columns[0][0])
+        return window * min(batch_size, len(rows) * len(columns)) * bytes_per_pixel
+
+    # Not a bisection: fewer tiles than the batch size make fewer, larger batches, so the cost can
+    # drop as the tile grows.
+    for tile in range(largest, smallest, -step):
+        if cost(tile) <= memory_budget:
+            return tile
+    return smallest
+
+
+class Tiler:
+    """Upscales frames tile by tile, keeping across frames the tile and batch sizes that last fit.
+
+    `infer` takes an N x C x H x W float32 batch whose H and W the model accepts and returns
+    N x C' x H*scale x W*scale, raising `OutOfMemory` when the batch does not fit. `tile=None` picks the
+    largest tile that fits `memory_budget` (see `choose_tile_size`). After running out of memory the
+    frame is retried with batch 1, then with halved tiles down to 32, and the smaller sizes are kept for
+    later frames.
+    """
+
+    def __init__(
+        self,
+        infer: Infer,
+        scale: int,
+        requirement: SizeRequirement,
+        tile: int | None = None,
+        overlap: int = 16,
+        batch_size: int = 4,
+        bytes_per_pixel: int = 0,
+        memory_budget: int = 0,
+    ) -> None:
+        if scale < 1:
+            raise UpscaleError(f"scale must be a positive integer (got {scale})")
+        _check_batch(batch_size)
+        if tile is not None:
+            _check_tile(tile, overlap)
+            if tile % requirement.multiple_of:
+                raise UpscaleError(
+                    f"tile size must be a multiple of {requirement.multiple_of} for this model (got {tile})"
+                )
+        elif overlap < 0:
+            raise UpscaleError(f"overlap must be >= 0 (got {overlap})")
+        self._infer = infer
+        self._scale = scale
+        self._requirement = requirement
+        self._tile = tile
+        self._overlap = overlap
+        self._bytes_per_pixel = bytes_per_pixel
+        self._memory_budget = memory_budget
+        self._ceiling: int | None = None  # the largest tile to try again, once one ran out of memory
+        self.batch_size = batch_size
+        # The tile side the last frame was upscaled with (at most its padded side); None before the
+        # first frame.
+        self.tile_size: int | None = None
+
+    def upscale(self, image: np.ndarray) -> np.ndarray:
+        """Upscale one C x H x W float image in [0, 1] to C' x H*scale x W*scale, clipped to [0, 1]."""
+        if image.ndim != 3 or 0 in image.shape:
+            raise UpscaleError(f"image must be C x H x W with no empty side (got shape {image.shape})")
+        _, height, width = image.shape
+        padded = _pad(np.asarray(image, dtype=np.float32), self._requirement)
+        largest = max(padded.shape[1:])
+        if self._tile is None:
+            tile = choose_tile_size(
+                height,
+                width,
+                self._requirement,
+                self._overlap,
+                self.batch_size,
+                self._bytes_per_pixel,
+                self._memory_budget,
+            )
+        else:
+            tile = self._tile
+        # A tile wider than the padded frame reads the same as one exactly as wide; clamping it keeps
+        # the halving below from retrying identical tiles.
+        tile = min(tile, largest, self._ceiling or largest)
+        floor = min(_round_up(SMALLEST_TILE, self._requirement.multiple_of), tile)
+        while True:
+            context = _context(tile, self._overlap, self._requirement)
+            tiles = plan_tiles(padded.shape[1], padded.shape[2], tile, context)
+            try:
+                output = _run_tiles(padded, tiles, self._infer, self._scale, self.batch_size, context)
+                break
+            except OutOfMemory as error:
+                if self.batch_size > 1 and len(tiles) > 1:
+                    self.batch_size = 1
+                else:
+                    step = self._requirement.multiple_of
+                    smaller = max(floor, tile // 2 // step * step)
+                    if smaller >= tile:
+                        raise OutOfMemory(
+                            f"out of memory even with {tile}x{tile} tiles, one at a time",
+                            hint="free memory on the device, use a lower precision, a smaller model "
+                            "or another device",
+                        ) from error
+                    tile = smaller
+                # Later frames start no larger, even where the budget would pick a larger tile for
+                # batch 1: it is an estimate, and it was just wrong.
+                self._ceiling = tile
+        self.tile_size = tile
+        # Clipping into a new array also drops the padded frame the crop would keep alive.
+        return np.clip(output[:, : height * self._scale, : width * self._scale], 0.0, 1.0)
+
+
+def upscale_tiled(
+    image: np.ndarray,
+    infer: Infer,
+    scale: int,
+    requirement: SizeRequirement,
+    tile: int | None,
+    overlap: int,
+    batch_size: int,
+    bytes_per_pixel: int = 0,
+    memory_budget: int = 0,
+) -> np.ndarray:
+    """Upscale one frame; a `Tiler` does the same and also remembers the sizes that fit."""
+    tiler = Tiler(infer, scale, requirement, tile, overlap, batch_size, bytes_per_pixel, memory_budget)
+    return tiler.upscale(image)
+
+
+def _run_tiles(
+    image: np.ndarray, tiles: list[TileRegion], infer: Infer, scale: int, batch_size: int, overlap: int
+) -> np.ndarray:
+    """Infer every tile and blend the outputs into one C' x H*scale x W*scale image."""
+    _, height, width = image.shape
+    total = np.zeros((height * scale, width * scale), dtype=np.float32)
+    output: np.ndarray | None = None
+    for first in range(0, len(tiles), batch_size):
+        group = tiles[first : first + batch_size]
+        batch = np.stack([image[:, t.top : t.bottom, t.left : t.right] for t in group])
+        result = np.asarray(infer(batch), dtype=np.float32)
+        channels = result.shape[1] if result.ndim == 4 else -1
+        expected = (len(group), channels, batch.shape[2] * scale, batch.shape[3] * scale)
+        if result.shape != expected or (output is not None and channels != output.shape[0]):
+            raise BackendError(
+                f"the model returned shape {result.shape} for a batch of shape {batch.shape}; "
+                f"expected N x C x H*{scale} x W*{scale} with the same C for every batch"
+            )
+        if output is None:
+            output = np.zeros((channels, height * scale, width * scale), dtype=np.float32)
+        for region, tile_output in zip(group, result, strict=True):
+            weight = np.outer(
+                _ramp(region.top, region.bottom, region.own_top, region.own_bottom, height, overlap, scale),
+                _ramp(region.left, region.right, region.own_left, region.own_right, width, overlap, scale),
+            )
+            rows = slice(region.top * scale, region.bottom * scale)
+            columns = slice(region.left * scale, region.right * scale)
+            output[:, rows, columns] += tile_output * weight
+            total[rows, columns] += weight
+    assert output is not None  # plan_tiles never returns an empty plan
+    output /= total
+    return output
+
+
+def _ramp(
+    start: int, end: int, own_start: int, own_end: int, size: int, overlap: int, scale: int
+) -> np.ndarray:
+    """A tile's blending weight along one axis, per output pixel of what it reads.
+
+    Within overlap / 2 of a boundary with a neighbour, the weight ramps linearly across the boundary
+    (the two tiles' ramps add up to 1); it is 1 elsewhere in what the tile owns and 0 further out. At
+    the image's border there is no neighbour and the weight stays 1. Pixel centres never fall on a
+    boundary, so the owner's weight is always above 1/2 and no pixel is left with no weight at all.
+    """
+    centres = (np.arange(start * scale, end * scale) + 0.5) / scale
+    weight = np.ones(centres.shape)
+    half = overlap / 2
+    sides = [(centres - own_start, own_start > 0), (own_end - centres, own_end < size)]
+    for inside, has_neighbour in sides:
+        if has_neighbour:
+            ramp = np.clip(0.5 + inside / (2 * half), 0.0, 1.0) if half else (inside > 0).astype(float)
+            weight = np.minimum(weight, ramp)
+    return weight.astype(np.float32)
+
+
+def _pad(image: np.ndarray, requirement: SizeRequirement) -> np.ndarray:
+    """Pad the bottom and right of a C x H x W image to a size the model accepts."""
+    for axis in (1, 2):
+        size = image.shape[axis]
+        pad = requirement.padded(size) - size
+        if pad:
+            widths = [(0, 0)] * 3
+            widths[axis] = (0, pad)
+            # Reflection needs a pixel beyond the one it mirrors about; tiny images repeat their edge.
+            image = np.pad(image, widths, mode="reflect" if pad < size else "symmetric")
+    return image
+
+
+def _context(tile: int, overlap: int, requirement: SizeRequirement) -> int:
+    """The overlap to use: at least `overlap`, and making `tile + 2 * overlap` a size the model accepts.
+
+    Tiles that read an accepted size need no padding of their own, so a tile at the frame's edge sees
+    the same (padded) edge as the whole frame would, and the tiled output equals the untiled one.
+    """
+    context = overlap
+    while not requirement.accepts(tile + 2 * context):
+        context += 1
+    return context
+
+
+def _check_tile(tile: int, overlap: int) -> None:
+    if tile < 1:
+        raise UpscaleError(f"tile size must be positive (got {tile})")
+    if overlap < 0:
+        raise UpscaleError(f"overlap must be >= 0 (got {overlap})")
+
+
+def _check_batch(batch_size: int) -> None:
+    if batch_size < 1:
+        raise UpscaleError(f"batch size must be positive (got {batch_size})")
+
+
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step

@@ -1,0 +1,85 @@
+"""One model on one backend, behind tiling: the piece every job (images, video) upscales frames with."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+
+from upscaler.backend import Session, get_backend
+from upscaler.errors import UpscaleError
+from upscaler.models import LoadedModel, load_model
+from upscaler.options import BackendOptions, TileOptions
+from upscaler.tiling import Tiler
+
+
+class Upscaler:
+    """Upscales H x W x C float32 RGB frames in [0, 1] with a model running in a backend session.
+
+    The tile size that finally worked (after any out-of-memory retry) is kept for later frames.
+    """
+
+    def __init__(
+        self, model: LoadedModel, session: Session, tile_options: TileOptions, backend_name: str = ""
+    ) -> None:
+        info = model.info
+        tile = tile_options.tile_size
+        if tile is not None and not info.requirement.accepts(tile):
+            raise UpscaleError(
+                f"--tile-size: must be a multiple of {info.requirement.multiple_of} "
+                f"(and at least {info.requirement.minimum}) for model '{model.name}' (got {tile})"
+            )
+        overlap = info.overlap if tile_options.overlap is None else tile_options.overlap
+        self.model = model
+        self.session = session
+        self.backend_name = backend_name
+        self.tiler = Tiler(
+            session.infer,
+            scale=info.scale,
+            requirement=info.requirement,
+            tile=tile,
+            overlap=overlap,
+            batch_size=tile_options.batch_size,
+            bytes_per_pixel=info.bytes_per_pixel,
+            memory_budget=tile_options.memory_budget,
+        )
+
+    @property
+    def scale(self) -> int:
+        return self.model.info.scale
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
+    @property
+    def description(self) -> str:
+        info = self.model.info
+        return f"model {self.model.name} ({info.arch}, x{info.scale}) on backend {self.backend_name}"
+
+    def upscale(self, rgb: np.ndarray) -> np.ndarray:
+        """H x W x C float32 in [0, 1] -> (H * scale) x (W * scale) x C float32 in [0, 1]."""
+        if rgb.ndim != 3 or rgb.shape[2] != self.model.info.in_channels:
+            raise UpscaleError(
+                f"expected an H x W x {self.model.info.in_channels} image, got shape {rgb.shape}"
+            )
+        chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
+        return np.ascontiguousarray(self.tiler.upscale(chw).transpose(1, 2, 0))
+
+
+@contextmanager
+def open_upscaler(
+    model: str | LoadedModel,
+    backend: str,
+    backend_options: BackendOptions,
+    tile_options: TileOptions,
+) -> Iterator[Upscaler]:
+    """Load `model` (an id, a file, or an already loaded model), open it on `backend`, close it after."""
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    chosen = get_backend(backend)
+    session = chosen.open(loaded, backend_options)
+    try:
+        yield Upscaler(loaded, session, tile_options, backend_name=chosen.name)
+    finally:
+        session.close()

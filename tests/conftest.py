@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny models built in code, saved as weights files the tools load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test when this checkout has none (a user's clone)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs the shared test data at {path} (present in the project's CI, not in a clone)")
+    return path
+
+
+TINY_CONFIGS = {
+    "compact": {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 2, "upscale": 4, "act_type": "prelu"},
+    "rrdbnet": {"num_in_ch": 3, "num_out_ch": 3, "scale": 4, "num_feat": 8, "num_block": 1, "num_grow_ch": 4},
+    "msrresnet": {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 2, "upscale": 4},
+    "srresnet": {"num_feat": 8, "num_block": 2, "scale": 4},
+}
+
+
+def tiny_weights(tmp_path: Path, arch: str, seed: int = 0) -> Path:
+    """A randomly initialised tiny model of `arch`, saved as .safetensors; returns the file."""
+    import torch
+
+    from upscaler.models import build_model, save_weights
+
+    torch.manual_seed(seed)
+    config = TINY_CONFIGS[arch]
+    module = build_model(arch, config)
+    path = tmp_path / f"tiny-{arch}.safetensors"
+    save_weights(module, path, arch, config)
+    return path
+
+
+@pytest.fixture
+def compact_weights(tmp_path: Path) -> Path:
+    return tiny_weights(tmp_path, "compact")

@@ -1,0 +1,112 @@
+"""One RRDBNet saved in BasicSR's, the original ESRGAN's and mmsr's key layouts loads the same each time."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from upscaler.errors import ModelError
+from upscaler.models import (
+    RRDBNet,
+    convert_esrgan_state_dict,
+    convert_mmsr_state_dict,
+    load_model,
+)
+
+CONFIG = {"num_in_ch": 3, "num_out_ch": 3, "scale": 4, "num_feat": 8, "num_block": 3, "num_grow_ch": 4}
+_RDB = re.compile(r"body\.(\d+)\.rdb(\d)\.conv(\d)\.(weight|bias)")
+
+
+def to_esrgan(state: dict[str, torch.Tensor], num_block: int) -> dict[str, torch.Tensor]:
+    """BasicSR keys -> the original ESRGAN release's flat `model.N` Sequential."""
+    tail = {"conv_first": "model.0", "conv_body": f"model.1.sub.{num_block}"}
+    tail |= {"conv_up1": "model.3", "conv_up2": "model.6", "conv_hr": "model.8", "conv_last": "model.10"}
+    out = {}
+    for key, value in state.items():
+        if match := _RDB.fullmatch(key):
+            block, rdb, conv, kind = match.groups()
+            out[f"model.1.sub.{block}.RDB{rdb}.conv{conv}.0.{kind}"] = value
+        else:
+            name, kind = key.rsplit(".", 1)
+            out[f"{tail[name]}.{kind}"] = value
+    return out
+
+
+def to_mmsr(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """BasicSR keys -> mmsr's (and the later ESRGAN repository's) RRDBNet."""
+    names = {"conv_first": "conv_first", "conv_body": "trunk_conv", "conv_up1": "upconv1"}
+    names |= {"conv_up2": "upconv2", "conv_hr": "HRconv", "conv_last": "conv_last"}
+    out = {}
+    for key, value in state.items():
+        if match := _RDB.fullmatch(key):
+            block, rdb, conv, kind = match.groups()
+            out[f"RRDB_trunk.{block}.RDB{rdb}.conv{conv}.{kind}"] = value
+        else:
+            name, kind = key.rsplit(".", 1)
+            out[f"{names[name]}.{kind}"] = value
+    return out
+
+
+@pytest.fixture
+def net(randomize) -> RRDBNet:
+    return randomize(RRDBNet(**CONFIG))
+
+
+def test_the_inverse_converters_write_the_published_key_names(net):
+    esrgan = to_esrgan(net.state_dict(), CONFIG["num_block"])
+    assert {"model.0.weight", "model.1.sub.0.RDB1.conv1.0.weight", "model.1.sub.3.weight"} <= set(esrgan)
+    assert {"model.3.weight", "model.6.weight", "model.8.weight", "model.10.bias"} <= set(esrgan)
+    mmsr = to_mmsr(net.state_dict())
+    assert {"RRDB_trunk.2.RDB3.conv5.weight", "trunk_conv.weight", "upconv1.weight", "HRconv.bias"} <= set(
+        mmsr
+    )
+
+
+def test_converters_restore_basicsr_keys(net):
+    state = net.state_dict()
+    assert convert_esrgan_state_dict(to_esrgan(state, CONFIG["num_block"])).keys() == state.keys()
+    assert convert_mmsr_state_dict(to_mmsr(state)).keys() == state.keys()
+
+
+@pytest.mark.parametrize("layout", ["basicsr", "esrgan", "mmsr"])
+def test_every_layout_loads_to_the_same_network(layout, net, tmp_path):
+    state = net.state_dict()
+    saved = {"basicsr": state, "esrgan": to_esrgan(state, CONFIG["num_block"]), "mmsr": to_mmsr(state)}[
+        layout
+    ]
+    torch.save(saved, tmp_path / "net.pth")
+
+    loaded = load_model(tmp_path / "net.pth")
+
+    assert loaded.info.arch == "rrdbnet"
+    assert loaded.info.config == CONFIG
+    x = torch.rand(1, 3, 9, 11)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), net(x))
+
+
+def test_original_layout_with_a_data_parallel_prefix(net, tmp_path):
+    saved = {f"module.{k}": v for k, v in to_esrgan(net.state_dict(), CONFIG["num_block"]).items()}
+    torch.save(saved, tmp_path / "net.pth")
+    assert load_model(tmp_path / "net.pth").info.config == CONFIG
+
+
+def test_original_layout_x2_is_refused_by_name(net, tmp_path):
+    # the original release's x2 has one upsampling stage: a different network from Real-ESRGAN's x2
+    saved = to_esrgan(net.state_dict(), CONFIG["num_block"])
+    saved = {k: v for k, v in saved.items() if not k.startswith("model.6.")}
+    torch.save(saved, tmp_path / "x2.pth")
+    with pytest.raises(ModelError, match="1 upsampling stage"):
+        load_model(tmp_path / "x2.pth")
+
+
+def test_original_layout_in_the_legacy_serialization_loads(net, tmp_path):
+    # the original release predates PyTorch's zip format
+    saved = to_esrgan(net.state_dict(), CONFIG["num_block"])
+    torch.save(saved, tmp_path / "RRDB_ESRGAN_x4.pth", _use_new_zipfile_serialization=False)
+    loaded = load_model(tmp_path / "RRDB_ESRGAN_x4.pth")
+    x = torch.rand(1, 3, 5, 6)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), net(x))

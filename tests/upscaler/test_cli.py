@@ -1,0 +1,173 @@
+"""The `upscale` command line, end to end through click's test runner."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import shared_data, tiny_weights
+from upscaler.cli import cli
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def write(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+    return path
+
+
+@pytest.mark.parametrize("command", [[], ["images"], ["models"], ["backends"]])
+def test_help(command: list[str]) -> None:
+    result = run(*command, "--help")
+    assert result.exit_code == 0
+    assert "Usage: " in result.output
+
+
+def test_images_help_names_the_options() -> None:
+    output = run("images", "--help").output
+    for flag in ("--model", "--backend", "--tile-size", "--outscale", "--overwrite", "--skip-existing", "--glob"):
+        assert flag in output
+
+
+def test_models_lists_the_registered_ids() -> None:
+    result = run("models")
+    assert result.exit_code == 0
+    for model_id in ("esrgan", "srgan", "compact"):
+        assert model_id in result.output
+    assert "not bundled yet" in result.output
+
+
+def test_backends_lists_torch_as_available() -> None:
+    result = run("backends")
+    assert result.exit_code == 0
+    line = next(line for line in result.output.splitlines() if line.startswith("torch"))
+    assert "available" in line and "unavailable" not in line
+
+
+def test_images_end_to_end(tmp_path: Path) -> None:
+    weights = tiny_weights(tmp_path, "compact")
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    write(src / "rgb.png", rng.integers(0, 256, (10, 13, 3), dtype=np.uint8))
+    write(src / "sub" / "gray.png", rng.integers(0, 256, (7, 9), dtype=np.uint8))
+    write(src / "deep.png", rng.integers(0, 65536, (6, 5, 4), dtype=np.uint16))
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    out = tmp_path / "out"
+    result = run("images", src, "-o", out, "--model", weights, "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert "broken.png" in result.output
+    assert "3 written, 0 skipped, 1 failed" in result.output
+    rgb = cv2.imread(str(out / "rgb_x4.png"), cv2.IMREAD_UNCHANGED)
+    gray = cv2.imread(str(out / "sub" / "gray_x4.png"), cv2.IMREAD_UNCHANGED)
+    deep = cv2.imread(str(out / "deep_x4.png"), cv2.IMREAD_UNCHANGED)
+    assert rgb.shape == (40, 52, 3)
+    assert gray.shape == (28, 36)
+    assert deep.shape == (24, 20, 4) and deep.dtype == np.uint16
+    assert not list(out.rglob("*.part")), "a temporary file was left behind"
+
+
+def test_existing_output_is_kept_without_overwrite(tmp_path: Path, compact_weights: Path) -> None:
+    write(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+    existing = tmp_path / "a_x4.png"
+    existing.write_bytes(b"precious")
+    result = run("images", tmp_path / "a.png", "--model", compact_weights, "--no-progress")
+    assert result.exit_code == 1
+    assert existing.read_bytes() == b"precious"
+    result = run("images", tmp_path / "a.png", "--model", compact_weights, "--no-progress", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(existing)).shape == (32, 32, 3)
+
+
+def test_outscale_and_format(tmp_path: Path, compact_weights: Path) -> None:
+    write(tmp_path / "a.png", np.zeros((8, 10, 3), np.uint8))
+    result = run(
+        "images", tmp_path / "a.png", "-o", tmp_path / "o", "--model", compact_weights,
+        "--outscale", "2", "--format", "jpg", "--no-progress",
+    )
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(tmp_path / "o" / "a_x2.jpg")).shape == (16, 20, 3)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "no-such-model"], "Error: model 'no-such-model' is neither a known model id nor an existing file; known ids: "),
+        (["--model", "esrgan"], "Error: no bundled weights yet for model 'esrgan'"),
+        (["--backend", "nope"], "Error: unknown backend 'nope'; known: "),
+        (["--precision", "fp16", "--device", "cpu"], "Error: --precision: fp16 is not supported on the CPU"),
+    ],
+)
+def test_errors_are_one_clear_line(tmp_path: Path, compact_weights: Path, args, message) -> None:
+    write(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+    if "--model" not in args:
+        args = [*args, "--model", compact_weights]
+    result = run("images", tmp_path / "a.png", "-o", tmp_path / "o", "--no-progress", *args)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_tile_size_must_fit_the_model(tmp_path: Path) -> None:
+    import torch
+
+    from upscaler.models import build_model, save_weights
+
+    config = {"num_in_ch": 3, "num_out_ch": 3, "scale": 1, "num_feat": 8, "num_block": 1, "num_grow_ch": 4}
+    torch.manual_seed(0)
+    weights = save_weights(build_model("rrdbnet", config), tmp_path / "x1.safetensors", "rrdbnet", config)
+    write(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+    result = run("images", tmp_path / "a.png", "--model", weights, "--tile-size", "250", "--no-progress")
+    assert result.exit_code == 1
+    assert "--tile-size: must be a multiple of 4" in result.output and "(got 250)" in result.output
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    result = run("images", tmp_path, "--tile-size", "big")
+    assert result.exit_code == 2
+    assert "must be 'auto' or a whole number of pixels" in result.output
+
+
+def test_missing_input_is_an_error(tmp_path: Path, compact_weights: Path) -> None:
+    result = run("images", tmp_path / "nowhere", "--model", compact_weights)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ")
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = run("--debug", "images", tmp_path / "nowhere.png", "--model", "no-such-model")
+    assert result.exit_code == 1
+    assert "Traceback" in result.output
+
+
+def test_edge_cases_folder_with_a_corrupt_file(tmp_path: Path, compact_weights: Path) -> None:
+    """Real inputs: RGBA, 16-bit RGBA, gray PNG and EXIF gray JPEG, with a corrupt file among them."""
+    src = tmp_path / "edge"
+    shutil.copytree(shared_data("images", "edge-cases"), src)
+    for path in src.iterdir():
+        path.chmod(0o644)
+    (src / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated nonsense")
+    out = tmp_path / "out"
+    result = run("images", src, "-o", out, "--model", compact_weights, "--no-progress")
+    assert result.exit_code == 1
+    assert "corrupt.jpg" in result.output
+    inputs = [p for p in src.iterdir() if p.name != "corrupt.jpg"]
+    assert f"{len(inputs)} written, 0 skipped, 1 failed" in result.output
+    for path in inputs:
+        before = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        after = cv2.imread(str(out / f"{path.stem}_x4{path.suffix}"), cv2.IMREAD_UNCHANGED)
+        assert after.shape[:2] == (before.shape[0] * 4, before.shape[1] * 4), path.name
+        assert after.ndim == before.ndim and after.dtype == before.dtype, path.name
+        if before.ndim == 3:
+            assert after.shape[2] == before.shape[2], path.name
+    deep = cv2.imread(str(out / "tree_alpha_16bit_x4.png"), cv2.IMREAD_UNCHANGED)
+    assert deep.dtype == np.uint16 and deep.shape[2] == 4
+    assert np.unique(deep).size > 256, "16-bit output holds only 8-bit levels"

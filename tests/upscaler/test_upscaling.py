@@ -1,0 +1,49 @@
+"""The model, a backend session and tiling joined: what every job upscales frames with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY_CONFIGS, tiny_weights
+from upscaler.errors import UpscaleError
+from upscaler.models import load_model
+from upscaler.options import BackendOptions, TileOptions
+from upscaler.upscaling import open_upscaler
+
+
+@pytest.mark.parametrize("arch", sorted(TINY_CONFIGS))
+def test_tiles_with_the_models_overlap_hint_equal_the_whole_frame(tmp_path: Path, arch: str) -> None:
+    model = load_model(tiny_weights(tmp_path, arch))
+    rgb = np.random.default_rng(0).random((37, 45, 3), dtype=np.float32)
+    with torch.inference_mode():
+        whole = model.module(torch.from_numpy(rgb.transpose(2, 0, 1)[None].copy()))[0].numpy()
+    expected = np.clip(whole.transpose(1, 2, 0), 0, 1)
+    with open_upscaler(model, "torch", BackendOptions(device="cpu"), TileOptions(tile_size=16)) as upscaler:
+        out = upscaler.upscale(rgb)
+        assert upscaler.tiler.tile_size == 16
+    assert out.shape == (37 * 4, 45 * 4, 3)
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+def test_auto_tile_size_fits_the_memory_budget(tmp_path: Path) -> None:
+    model = load_model(tiny_weights(tmp_path, "compact"))
+    budget = 64 * model.info.bytes_per_pixel * 64  # room for a batch of about one 64x64 window
+    options = TileOptions(tile_size=None, batch_size=1, memory_budget=budget)
+    with open_upscaler(model, "torch", BackendOptions(device="cpu"), options) as upscaler:
+        out = upscaler.upscale(np.zeros((200, 150, 3), np.float32))
+        tile = upscaler.tiler.tile_size
+    assert out.shape == (800, 600, 3)
+    window = tile + 2 * model.info.overlap
+    assert window * window * model.info.bytes_per_pixel <= budget
+    assert tile >= 32
+
+
+def test_frames_of_the_wrong_channel_count_are_refused(tmp_path: Path) -> None:
+    model = load_model(tiny_weights(tmp_path, "compact"))
+    with open_upscaler(model, "torch", BackendOptions(device="cpu"), TileOptions()) as upscaler:
+        with pytest.raises(UpscaleError, match="expected an H x W x 3 image"):
+            upscaler.upscale(np.zeros((8, 8, 4), np.float32))

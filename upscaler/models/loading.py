@@ -1,0 +1,314 @@
+"""Load a model from an id or a weights file, and save weights so that they load again.
+
+A weights file is `.safetensors` or a PyTorch checkpoint (`.pth`, `.pt`, `.ckpt`). Checkpoints are
+read with `weights_only=True`: a file that would run code when unpickled is refused, never opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from upscaler.errors import ModelError, OutputError
+from upscaler.models.registry import (
+    ARCHITECTURES,
+    MODELS,
+    build_model,
+    convert_state_dict,
+    detect_architecture,
+    find_model,
+    get_architecture,
+)
+from upscaler.values import SizeRequirement
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
+SUFFIXES = (".safetensors", *CHECKPOINT_SUFFIXES)
+
+# Training frameworks wrap the weights; BasicSR's `params_ema` (the averaged generator) is what its
+# releases mean to be used, so it wins over `params`.
+_WRAPPERS = ("params_ema", "params", "state_dict", "model")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the rest of `upscale` needs to know about a loaded model.
+
+    config: the keyword arguments that rebuild `LoadedModel.module` with its architecture (for
+    SRResNet that is the folded form, batch_norm False). overlap: the tiling hint in input pixels.
+    bytes_per_pixel: estimated peak fp32 activation memory per input pixel, to size tiles.
+    """
+
+    arch: str
+    scale: int
+    in_channels: int
+    out_channels: int
+    config: dict[str, Any] = field(hash=False)
+    requirement: SizeRequirement
+    overlap: int
+    bytes_per_pixel: int
+    parameters: int
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network ready for inference: eval mode, no gradients, float32 on the CPU."""
+
+    module: nn.Module
+    info: ModelInfo
+    name: str
+    source: Path
+    digest: str
+
+
+def load_model(spec: str | Path) -> LoadedModel:
+    """Load a model id (`esrgan`) or a weights file (`path/to/net.pth`).
+
+    A string that is a known id means that id, even if a file of that name exists; a Path is always
+    a file.
+    """
+    entry = find_model(spec) if isinstance(spec, str) else None
+    if entry is not None:
+        path = entry.weights
+        if not path.is_file():
+            raise ModelError(
+                f"no bundled weights yet for model {entry.id!r}",
+                hint="pass a weights file: --model path/to/weights.safetensors (or .pth)",
+            )
+        name = entry.id
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            known = ", ".join(model.id for model in MODELS)
+            what = "is not a file" if path.exists() else "is neither a known model id nor an existing file"
+            raise ModelError(
+                f"model {str(spec)!r} {what}; known ids: {known}",
+                hint="pass a model id or a weights file (" + ", ".join(SUFFIXES) + ")",
+            )
+        name = path.name
+
+    state, metadata = read_weights(path)
+    arch_name, config = _identify(state, metadata, name)
+    if entry is not None and arch_name != entry.arch:
+        raise ModelError(
+            f"the bundled weights for {entry.id!r} are a {arch_name!r} network, expected {entry.arch!r}"
+        )
+    architecture = get_architecture(arch_name)
+    module = _build(arch_name, config, name)
+    _fit(module, state, arch_name, config, name)
+    module = architecture.inference(module).eval().requires_grad_(False)
+
+    config = dict(module.config) if hasattr(module, "config") else dict(config)
+    info = ModelInfo(
+        arch=arch_name,
+        scale=architecture.scale(config),
+        in_channels=int(config["num_in_ch"]),
+        out_channels=int(config["num_out_ch"]),
+        config=config,
+        requirement=architecture.requirement(config),
+        overlap=architecture.overlap(config),
+        bytes_per_pixel=architecture.bytes_per_pixel(config),
+        parameters=sum(parameter.numel() for parameter in module.parameters()),
+    )
+    return LoadedModel(module=module, info=info, name=name, source=path, digest=_digest(path))
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The float32 state dict in BasicSR keys held by a weights file, and its safetensors metadata.
+
+    Wrappers (`params_ema`, `params`, `state_dict`, `model`) are unwrapped, a DataParallel `module.`
+    prefix is dropped, and the older ESRGAN layouts are renamed. Training code uses this to start
+    from published weights.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    metadata: dict[str, str] = {}
+    if suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                metadata = dict(handle.metadata() or {})
+                raw: Any = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        except Exception as exc:  # safetensors raises its own and OS errors alike for a bad file
+            raise ModelError(
+                f"cannot read weights file {path.name}: not a valid safetensors file ({exc})"
+            ) from exc
+    elif suffix in CHECKPOINT_SUFFIXES:
+        raw = _read_checkpoint(path)
+    else:
+        raise ModelError(
+            f"cannot read weights file {path.name}: unknown suffix {path.suffix!r}",
+            hint="weights files end in " + ", ".join(SUFFIXES),
+        )
+    return normalize_state_dict(raw, path.name), metadata
+
+
+def _read_checkpoint(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch names a global it refused as "GLOBAL module.name"; any other unpickling failure is
+        # a damaged or foreign file
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if refused is None:
+            raise ModelError(f"cannot read weights file {path.name}: not a valid PyTorch checkpoint") from exc
+        raise ModelError(
+            f"refusing to load {path.name}: it holds pickled Python objects, not only tensors, and "
+            f"unpickling them could run code (it asks for {refused.group(1)})",
+            hint="save only the state dict (torch.save(net.state_dict(), path)) or convert it to "
+            ".safetensors where you trust the file",
+        ) from exc
+    except Exception as exc:  # a damaged zip, a truncated pickle or an OS error: all the same to a user
+        raise ModelError(
+            f"cannot read weights file {path.name}: not a valid PyTorch checkpoint ({exc})"
+        ) from exc
+
+
+def normalize_state_dict(obj: Any, name: str = "weights") -> dict[str, torch.Tensor]:
+    """A state dict as published (wrapped, prefixed, half precision, an older layout) in BasicSR keys."""
+    while isinstance(obj, Mapping):
+        wrapper = next((key for key in _WRAPPERS if isinstance(obj.get(key), Mapping)), None)
+        if wrapper is None:
+            break
+        obj = obj[wrapper]
+    if not isinstance(obj, Mapping):
+        raise ModelError(f"{name}: holds a {type(obj).__name__}, not a state dict of tensors")
+    state: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if not (isinstance(key, str) and isinstance(value, torch.Tensor)):
+            continue
+        if value.is_floating_point() and value.dtype != torch.float32:
+            value = value.float()
+        state[key.removeprefix("module.")] = value
+    if not state:
+        raise ModelError(f"{name}: holds no tensors", hint="pass a file saved from a network's state_dict()")
+    try:
+        return convert_state_dict(state)
+    except ModelError as exc:
+        raise ModelError(f"{name}: {exc.message}", hint=exc.hint) from exc
+
+
+def _identify(state: dict[str, torch.Tensor], metadata: Mapping[str, str], name: str) -> tuple[str, dict]:
+    # Other tools write an "arch" of their own into safetensors metadata; only ours is trusted, and
+    # anything else is recognised from the tensors like a file without metadata.
+    if metadata.get("arch") in ARCHITECTURES and "config" in metadata:
+        try:
+            config = json.loads(metadata["config"])
+        except ValueError as exc:
+            raise ModelError(f"{name}: its metadata holds a config that is not JSON ({exc})") from exc
+        if not isinstance(config, dict):
+            raise ModelError(f"{name}: its metadata config is not a JSON object")
+        return metadata["arch"], config
+    try:
+        found = detect_architecture(state)
+    except ModelError as exc:
+        raise ModelError(f"{name}: {exc.message}", hint=exc.hint) from exc
+    if found is None:
+        keys = list(state)
+        shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+        raise ModelError(
+            f"{name}: unrecognised network: {len(keys)} tensors, starting with {shown}",
+            hint="supported architectures: SRResNet, MSRResNet, RRDBNet (ESRGAN, Real-ESRGAN) and "
+            "SRVGGNetCompact, in BasicSR, original-ESRGAN or mmsr key names",
+        )
+    return found
+
+
+def _build(arch: str, config: Mapping[str, Any], name: str) -> nn.Module:
+    try:
+        return build_model(arch, config)
+    except ModelError as exc:
+        raise ModelError(f"{name}: {exc.message}", hint=exc.hint) from exc
+
+
+def _describe_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str:
+    def some(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    wrong = [
+        f"{key} is {tuple(state[key].shape)}, expected {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state and state[key].shape != value.shape
+    ]
+    parts = []
+    if wrong:
+        parts.append(f"wrong shapes: {some(wrong)}")
+    if missing:
+        parts.append(f"missing: {some(missing)}")
+    if unexpected:
+        parts.append(f"unexpected: {some(unexpected)}")
+    return "; ".join(parts)
+
+
+def _fit(module: nn.Module, state: dict[str, torch.Tensor], arch: str, config: Mapping, name: str) -> None:
+    expected = module.state_dict()
+    # a batch-norm counter that only matters while training; files from other tools may omit it
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = value
+    mismatch = _describe_mismatch(expected, state)
+    if mismatch:
+        raise ModelError(
+            f"{name}: weights do not fit a {arch!r} network with config {dict(config)}: {mismatch}"
+        )
+    module.load_state_dict(state)
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def save_weights(
+    source: nn.Module | Mapping[str, torch.Tensor],
+    path: str | Path,
+    arch: str,
+    config: Mapping[str, Any],
+) -> Path:
+    """Write `source`'s weights to a .safetensors file that records `arch` and `config`.
+
+    The file appears whole or not at all (a temporary file is renamed over `path`). Raises ModelError
+    if the weights do not fit `arch` with `config`, so a file written here always loads.
+    """
+    path = Path(path)
+    state = source.state_dict() if isinstance(source, nn.Module) else dict(source)
+    # safetensors refuses tensors that share memory, so each gets its own copy
+    tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in state.items()}
+    with torch.device("meta"):
+        expected = build_model(arch, config).state_dict()
+    mismatch = _describe_mismatch(expected, tensors)
+    if mismatch:
+        raise ModelError(f"weights do not fit a {arch!r} network with config {dict(config)}: {mismatch}")
+
+    metadata = {"format": "pt", "arch": arch, "config": json.dumps(dict(config), sort_keys=True)}
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
+    except OSError as exc:
+        raise OutputError(f"cannot write weights to {path}: {exc.strerror or exc}") from exc
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise OutputError(f"cannot write weights to {path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,205 @@
+"""RRDBNet, the ESRGAN generator, with BasicSR / Real-ESRGAN state-dict keys.
+
+Keys (BasicSR, so Real-ESRGAN's published weights load unchanged):
+
+    conv_first                      in (x4, x16 after pixel-unshuffle for scale 2, 1) -> num_feat
+    body.N.rdb{1,2,3}.conv{1..5}    residual-in-residual dense blocks
+    conv_body                       after the blocks; its output is added to conv_first's
+    conv_up1, conv_up2              each after a nearest x2 upsampling
+    conv_hr, conv_last
+
+Two older layouts of the same network are converted to these keys: the original ESRGAN release
+(`model.0`, `model.1.sub.N.RDB1.conv1.0`, ...) and mmsr's (`RRDB_trunk`, `trunk_conv`, `HRconv`, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from upscaler.errors import ModelError
+
+
+def _init_scaled(modules: list[nn.Module], scale: float) -> None:
+    # BasicSR's recipe: shrunk Kaiming init keeps the 23-block residual stack near identity at the
+    # start of training; without it the dense blocks' outputs grow block by block.
+    with torch.no_grad():
+        for module in modules:
+            for layer in module.modules():
+                if isinstance(layer, nn.Conv2d):
+                    nn.init.kaiming_normal_(layer.weight)
+                    layer.weight.mul_(scale)
+                    if layer.bias is not None:
+                        layer.bias.zero_()
+
+
+class ResidualDenseBlock(nn.Module):
+    """Five densely connected convs; the fifth's output, scaled by 0.2, is added to the input."""
+
+    def __init__(self, num_feat: int = 64, num_grow_ch: int = 32) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_feat, num_grow_ch, 3, 1, 1)
+        self.conv2 = nn.Conv2d(num_feat + num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv3 = nn.Conv2d(num_feat + 2 * num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv4 = nn.Conv2d(num_feat + 3 * num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv5 = nn.Conv2d(num_feat + 4 * num_grow_ch, num_feat, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(0.2)
+        _init_scaled([self.conv1, self.conv2, self.conv3, self.conv4, self.conv5], 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.lrelu(self.conv1(x))
+        x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
+        x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
+        x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
+        return x5 * 0.2 + x
+
+
+class RRDB(nn.Module):
+    """Three residual dense blocks in a row; their output, scaled by 0.2, is added to the input."""
+
+    def __init__(self, num_feat: int = 64, num_grow_ch: int = 32) -> None:
+        super().__init__()
+        self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
+
+
+# Real-ESRGAN keeps the x4 body for scales 2 and 1 by folding pixels into channels first.
+_UNSHUFFLE = {4: 1, 2: 2, 1: 4}
+
+
+class RRDBNet(nn.Module):
+    """ESRGAN's generator; scale 2 and 1 pixel-unshuffle the input by 2 and 4, as Real-ESRGAN does."""
+
+    def __init__(
+        self,
+        num_in_ch: int = 3,
+        num_out_ch: int = 3,
+        scale: int = 4,
+        num_feat: int = 64,
+        num_block: int = 23,
+        num_grow_ch: int = 32,
+    ) -> None:
+        super().__init__()
+        if scale not in _UNSHUFFLE:
+            raise ValueError(f"RRDBNet supports scale 1, 2 or 4, not {scale}")
+        self.num_in_ch = num_in_ch
+        self.num_out_ch = num_out_ch
+        self.scale = scale
+        self.num_feat = num_feat
+        self.num_block = num_block
+        self.num_grow_ch = num_grow_ch
+        self.unshuffle = _UNSHUFFLE[scale]
+
+        self.conv_first = nn.Conv2d(num_in_ch * self.unshuffle**2, num_feat, 3, 1, 1)
+        self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch) for _ in range(num_block)))
+        self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(0.2)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
+            "num_in_ch": self.num_in_ch,
+            "num_out_ch": self.num_out_ch,
+            "scale": self.scale,
+            "num_feat": self.num_feat,
+            "num_block": self.num_block,
+            "num_grow_ch": self.num_grow_ch,
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.unshuffle > 1:
+            x = F.pixel_unshuffle(x, self.unshuffle)
+        feat = self.conv_first(x)
+        feat = feat + self.conv_body(self.body(feat))
+        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        return self.conv_last(self.lrelu(self.conv_hr(feat)))
+
+
+StateDict = dict[str, torch.Tensor]
+
+_ESRGAN_RDB = re.compile(r"model\.1\.sub\.(\d+)\.RDB([123])\.conv([1-5])\.0\.(weight|bias)")
+_ESRGAN_BODY = re.compile(r"model\.1\.sub\.(\d+)\.(weight|bias)")
+_ESRGAN_TOP = re.compile(r"model\.(\d+)\.(weight|bias)")
+_MMSR_RDB = re.compile(r"RRDB_trunk\.(\d+)\.RDB([123])\.conv([1-5])\.(weight|bias)")
+_MMSR_NAMES = {
+    "conv_first": "conv_first",
+    "trunk_conv": "conv_body",
+    "upconv1": "conv_up1",
+    "upconv2": "conv_up2",
+    "HRconv": "conv_hr",
+    "conv_last": "conv_last",
+}
+
+
+def is_esrgan_state_dict(state: Mapping[str, Any]) -> bool:
+    """Whether `state` uses the original ESRGAN release's `model.N` keys."""
+    return "model.0.weight" in state and any(key.startswith("model.1.sub.") for key in state)
+
+
+def is_mmsr_state_dict(state: Mapping[str, Any]) -> bool:
+    """Whether `state` uses mmsr's (and the later ESRGAN repository's) `RRDB_trunk` keys."""
+    return "trunk_conv.weight" in state or any(key.startswith("RRDB_trunk.") for key in state)
+
+
+def convert_esrgan_state_dict(state: Mapping[str, torch.Tensor]) -> StateDict:
+    """The original ESRGAN layout (x4 only) renamed to BasicSR keys.
+
+    That release is one flat `model` Sequential: 0 conv_first, 1 a shortcut around the RRDB trunk
+    (`sub.N` blocks, then `sub.{num_block}` = conv_body), then per x2 stage an upsample, a conv and an
+    activation, then HR conv, activation, last conv. Keys this function does not know are kept as they
+    are, so that loading names them.
+    """
+    top = sorted({int(match.group(1)) for key in state if (match := _ESRGAN_TOP.fullmatch(key))} - {0})
+    if len(top) != 4:
+        stages = len(top) - 2
+        raise ModelError(
+            f"original-ESRGAN weights with {stages} upsampling stage(s) (x{2 ** max(stages, 0)}) are not "
+            f"supported; only that layout's x4 models are",
+        )
+    tail = dict(zip(top, ("conv_up1", "conv_up2", "conv_hr", "conv_last"), strict=True))
+    converted: StateDict = {}
+    for key, value in state.items():
+        if match := _ESRGAN_RDB.fullmatch(key):
+            block, rdb, conv, kind = match.groups()
+            converted[f"body.{block}.rdb{rdb}.conv{conv}.{kind}"] = value
+        elif match := _ESRGAN_BODY.fullmatch(key):
+            # the only tensors directly under the trunk are the conv after the last block
+            converted[f"conv_body.{match.group(2)}"] = value
+        elif (match := _ESRGAN_TOP.fullmatch(key)) and match.group(1) == "0":
+            converted[f"conv_first.{match.group(2)}"] = value
+        elif (match := _ESRGAN_TOP.fullmatch(key)) and int(match.group(1)) in tail:
+            converted[f"{tail[int(match.group(1))]}.{match.group(2)}"] = value
+        else:
+            converted[key] = value
+    return converted
+
+
+def convert_mmsr_state_dict(state: Mapping[str, torch.Tensor]) -> StateDict:
+    """mmsr's RRDBNet layout (`RRDB_trunk.N.RDB1.conv1`, `trunk_conv`, `HRconv`...) renamed to BasicSR keys.
+
+    Keys this function does not know are kept as they are, so that loading names them.
+    """
+    converted: StateDict = {}
+    for key, value in state.items():
+        if match := _MMSR_RDB.fullmatch(key):
+            block, rdb, conv, kind = match.groups()
+            converted[f"body.{block}.rdb{rdb}.conv{conv}.{kind}"] = value
+            continue
+        name, _, kind = key.rpartition(".")
+        converted[f"{_MMSR_NAMES[name]}.{kind}" if name in _MMSR_NAMES else key] = value
+    return converted

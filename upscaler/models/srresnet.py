@@ -1,0 +1,231 @@
+"""SRResNet, the SRGAN generator, and MSRResNet, its batch-norm-free relative from BasicSR.
+
+SRResNet (Ledig et al., 2017) state-dict keys, all chosen here:
+
+    conv_first            9x9 conv, in -> num_feat
+    prelu_first           PReLU (one parameter, as nn.PReLU())
+    body.N.conv1 / bn1 / prelu / conv2 / bn2
+                          residual block: conv3x3-BN-PReLU-conv3x3-BN, plus the block's input
+    conv_body, bn_body    conv3x3-BN after the blocks; its output is added to prelu_first's output
+    upsample.N.conv       3x3 conv num_feat -> 4*num_feat, then PixelShuffle(2) and
+    upsample.N.prelu      PReLU; one stage for x2, two for x4
+    conv_last             9x9 conv, num_feat -> out
+
+Every conv has a bias, including those followed by batch norm: the bias is redundant while training,
+but it keeps the key set of the batch-norm model and of its folded form (`fold_batch_norm`) the same
+apart from the `bn*` entries, so one file layout serves both.
+
+MSRResNet keys are BasicSR's, so its published weights load unchanged: `conv_first`,
+`body.N.conv1`, `body.N.conv2`, `upconv1`, `upconv2` (x4 only), `conv_hr`, `conv_last`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class SRResidualBlock(nn.Module):
+    """conv3x3-BN-PReLU-conv3x3-BN with an identity skip; BN is Identity when folded or absent."""
+
+    def __init__(self, num_feat: int, batch_norm: bool = True) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.bn1: nn.Module = nn.BatchNorm2d(num_feat) if batch_norm else nn.Identity()
+        self.prelu = nn.PReLU()
+        self.conv2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.bn2: nn.Module = nn.BatchNorm2d(num_feat) if batch_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.prelu(self.bn1(self.conv1(x)))
+        return x + self.bn2(self.conv2(out))
+
+
+class SubPixelUpsample(nn.Module):
+    """x2 sub-pixel upsampling: conv to 4x the channels, PixelShuffle(2), PReLU."""
+
+    def __init__(self, num_feat: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(num_feat, num_feat * 4, 3, 1, 1)
+        self.shuffle = nn.PixelShuffle(2)
+        self.prelu = nn.PReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prelu(self.shuffle(self.conv(x)))
+
+
+class SRResNet(nn.Module):
+    """The SRGAN generator. `batch_norm=False` is the folded inference form (see `fold_batch_norm`)."""
+
+    def __init__(
+        self,
+        num_in_ch: int = 3,
+        num_out_ch: int = 3,
+        num_feat: int = 64,
+        num_block: int = 16,
+        scale: int = 4,
+        batch_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if scale not in (2, 4):
+            raise ValueError(f"SRResNet supports scale 2 or 4, not {scale}")
+        self.num_in_ch = num_in_ch
+        self.num_out_ch = num_out_ch
+        self.num_feat = num_feat
+        self.num_block = num_block
+        self.scale = scale
+        self.batch_norm = batch_norm
+
+        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 9, 1, 4)
+        self.prelu_first = nn.PReLU()
+        self.body = nn.Sequential(*(SRResidualBlock(num_feat, batch_norm) for _ in range(num_block)))
+        self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.bn_body: nn.Module = nn.BatchNorm2d(num_feat) if batch_norm else nn.Identity()
+        self.upsample = nn.Sequential(*(SubPixelUpsample(num_feat) for _ in range(int(math.log2(scale)))))
+        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 9, 1, 4)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
+            "num_in_ch": self.num_in_ch,
+            "num_out_ch": self.num_out_ch,
+            "num_feat": self.num_feat,
+            "num_block": self.num_block,
+            "scale": self.scale,
+            "batch_norm": self.batch_norm,
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.prelu_first(self.conv_first(x))
+        out = self.bn_body(self.conv_body(self.body(feat))) + feat
+        return self.conv_last(self.upsample(out))
+
+
+def _conv_bn_pairs(model: SRResNet) -> list[tuple[str, str]]:
+    pairs = []
+    for index in range(model.num_block):
+        pairs.append((f"body.{index}.conv1", f"body.{index}.bn1"))
+        pairs.append((f"body.{index}.conv2", f"body.{index}.bn2"))
+    pairs.append(("conv_body", "bn_body"))
+    return pairs
+
+
+def fold_batch_norm(model: SRResNet) -> SRResNet:
+    """An equivalent SRResNet for inference, with each BN merged into the conv before it.
+
+    Uses the running statistics, i.e. the eval-mode behaviour, whatever mode `model` is in. The
+    result is a new model in eval mode; `model` is left as it is. A model without BN is copied.
+    """
+    if not model.batch_norm:
+        return copy.deepcopy(model).eval()
+    reference = next(model.parameters())
+    folded = SRResNet(**{**model.config, "batch_norm": False}).to(reference.device, reference.dtype)
+    source = model.state_dict()
+    state = {key: value for key, value in source.items() if key in folded.state_dict()}
+    for conv, bn in _conv_bn_pairs(model):
+        # float64 so the folded weights round once, not once per operation
+        weight = source[f"{conv}.weight"].double()
+        bias = source[f"{conv}.bias"].double()
+        gamma = source[f"{bn}.weight"].double()
+        beta = source[f"{bn}.bias"].double()
+        mean = source[f"{bn}.running_mean"].double()
+        var = source[f"{bn}.running_var"].double()
+        eps = model.get_submodule(bn).eps
+        factor = gamma / torch.sqrt(var + eps)
+        state[f"{conv}.weight"] = (weight * factor[:, None, None, None]).to(reference.dtype)
+        state[f"{conv}.bias"] = ((bias - mean) * factor + beta).to(reference.dtype)
+    folded.load_state_dict(state)
+    return folded.eval()
+
+
+def _init_scaled(modules: list[nn.Module], scale: float) -> None:
+    # BasicSR's recipe: Kaiming init shrunk by `scale` keeps a deep residual stack near identity at
+    # the start of training, which it needs to train stably without batch norm.
+    with torch.no_grad():
+        for module in modules:
+            for layer in module.modules():
+                if isinstance(layer, nn.Conv2d):
+                    nn.init.kaiming_normal_(layer.weight)
+                    layer.weight.mul_(scale)
+                    if layer.bias is not None:
+                        layer.bias.zero_()
+
+
+class ResidualBlockNoBN(nn.Module):
+    """conv3x3-ReLU-conv3x3 with an identity skip (residual scale 1), as in BasicSR."""
+
+    def __init__(self, num_feat: int = 64) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        _init_scaled([self.conv1, self.conv2], 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+class MSRResNet(nn.Module):
+    """BasicSR's modified SRResNet: no BN, LeakyReLU(0.1), a bilinear-upsampled input added at the end."""
+
+    def __init__(
+        self,
+        num_in_ch: int = 3,
+        num_out_ch: int = 3,
+        num_feat: int = 64,
+        num_block: int = 16,
+        upscale: int = 4,
+    ) -> None:
+        super().__init__()
+        if upscale not in (2, 3, 4):
+            raise ValueError(f"MSRResNet supports upscale 2, 3 or 4, not {upscale}")
+        if num_in_ch != num_out_ch:
+            raise ValueError(
+                f"MSRResNet adds its upsampled input to its output, so it needs as many output "
+                f"channels as input channels (got {num_in_ch} in, {num_out_ch} out)"
+            )
+        self.num_in_ch = num_in_ch
+        self.num_out_ch = num_out_ch
+        self.num_feat = num_feat
+        self.num_block = num_block
+        self.upscale = upscale
+
+        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        self.body = nn.Sequential(*(ResidualBlockNoBN(num_feat) for _ in range(num_block)))
+        if upscale == 4:
+            self.upconv1 = nn.Conv2d(num_feat, num_feat * 4, 3, 1, 1)
+            self.upconv2 = nn.Conv2d(num_feat, num_feat * 4, 3, 1, 1)
+            self.pixel_shuffle = nn.PixelShuffle(2)
+        else:
+            self.upconv1 = nn.Conv2d(num_feat, num_feat * upscale * upscale, 3, 1, 1)
+            self.pixel_shuffle = nn.PixelShuffle(upscale)
+        self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(0.1)
+
+        _init_scaled([self.conv_first, self.upconv1, self.conv_hr, self.conv_last], 0.1)
+        if upscale == 4:
+            _init_scaled([self.upconv2], 0.1)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
+            "num_in_ch": self.num_in_ch,
+            "num_out_ch": self.num_out_ch,
+            "num_feat": self.num_feat,
+            "num_block": self.num_block,
+            "upscale": self.upscale,
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(self.lrelu(self.conv_first(x)))
+        out = self.lrelu(self.pixel_shuffle(self.upconv1(out)))
+        if self.upscale == 4:
+            out = self.lrelu(self.pixel_shuffle(self.upconv2(out)))
+        out = self.conv_last(self.lrelu(self.conv_hr(out)))
+        base = F.interpolate(x, scale_factor=self.upscale, mode="bilinear", align_corners=False)
+        return out + base

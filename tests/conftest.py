@@ -18,7 +18,14 @@ def shared_data(*parts: str) -> Path:
 
 
 TINY_CONFIGS = {
-    "compact": {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 2, "upscale": 4, "act_type": "prelu"},
+    "compact": {
+        "num_in_ch": 3,
+        "num_out_ch": 3,
+        "num_feat": 8,
+        "num_conv": 2,
+        "upscale": 4,
+        "act_type": "prelu",
+    },
     "rrdbnet": {"num_in_ch": 3, "num_out_ch": 3, "scale": 4, "num_feat": 8, "num_block": 1, "num_grow_ch": 4},
     "msrresnet": {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 2, "upscale": 4},
     "srresnet": {"num_feat": 8, "num_block": 2, "scale": 4},

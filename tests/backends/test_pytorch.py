@@ -46,9 +46,12 @@ def test_unknown_device_is_refused(model) -> None:
 
 def test_channels_last_gives_the_same_output(model) -> None:
     x = batch(2)
-    with TorchBackend().open(model, BackendOptions(device="cpu", channels_last=True)) as a:
-        with TorchBackend().open(model, BackendOptions(device="cpu", channels_last=False)) as b:
-            np.testing.assert_allclose(a.infer(x), b.infer(x), atol=1e-5)
+    backend = TorchBackend()
+    with (
+        backend.open(model, BackendOptions(device="cpu", channels_last=True)) as a,
+        backend.open(model, BackendOptions(device="cpu", channels_last=False)) as b,
+    ):
+        np.testing.assert_allclose(a.infer(x), b.infer(x), atol=1e-5)
 
 
 def test_a_bf16_session_leaves_the_callers_model_in_fp32(model) -> None:
@@ -67,9 +70,11 @@ def test_threads_are_set(model) -> None:
 
 
 def test_a_batch_of_the_wrong_shape_is_refused(model) -> None:
-    with TorchBackend().open(model, BackendOptions(device="cpu")) as session:
-        with pytest.raises(BackendError, match=r"expected a batch of shape \(N, 3, H, W\)"):
-            session.infer(np.zeros((3, 16, 16), np.float32))
+    with (
+        TorchBackend().open(model, BackendOptions(device="cpu")) as session,
+        pytest.raises(BackendError, match=r"expected a batch of shape \(N, 3, H, W\)"),
+    ):
+        session.infer(np.zeros((3, 16, 16), np.float32))
 
 
 def test_a_closed_session_refuses_work(model) -> None:

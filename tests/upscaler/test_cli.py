@@ -33,7 +33,15 @@ def test_help(command: list[str]) -> None:
 
 def test_images_help_names_the_options() -> None:
     output = run("images", "--help").output
-    for flag in ("--model", "--backend", "--tile-size", "--outscale", "--overwrite", "--skip-existing", "--glob"):
+    for flag in (
+        "--model",
+        "--backend",
+        "--tile-size",
+        "--outscale",
+        "--overwrite",
+        "--skip-existing",
+        "--glob",
+    ):
         assert flag in output
 
 
@@ -89,8 +97,17 @@ def test_existing_output_is_kept_without_overwrite(tmp_path: Path, compact_weigh
 def test_outscale_and_format(tmp_path: Path, compact_weights: Path) -> None:
     write(tmp_path / "a.png", np.zeros((8, 10, 3), np.uint8))
     result = run(
-        "images", tmp_path / "a.png", "-o", tmp_path / "o", "--model", compact_weights,
-        "--outscale", "2", "--format", "jpg", "--no-progress",
+        "images",
+        tmp_path / "a.png",
+        "-o",
+        tmp_path / "o",
+        "--model",
+        compact_weights,
+        "--outscale",
+        "2",
+        "--format",
+        "jpg",
+        "--no-progress",
     )
     assert result.exit_code == 0, result.output
     assert cv2.imread(str(tmp_path / "o" / "a_x2.jpg")).shape == (16, 20, 3)
@@ -99,7 +116,10 @@ def test_outscale_and_format(tmp_path: Path, compact_weights: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model", "no-such-model"], "Error: model 'no-such-model' is neither a known model id nor an existing file; known ids: "),
+        (
+            ["--model", "no-such-model"],
+            "Error: model 'no-such-model' is neither a known model id nor an existing file; known ids: ",
+        ),
         (["--model", "esrgan"], "Error: no bundled weights yet for model 'esrgan'"),
         (["--backend", "nope"], "Error: unknown backend 'nope'; known: "),
         (["--precision", "fp16", "--device", "cpu"], "Error: --precision: fp16 is not supported on the CPU"),

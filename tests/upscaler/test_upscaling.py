@@ -44,6 +44,9 @@ def test_auto_tile_size_fits_the_memory_budget(tmp_path: Path) -> None:
 
 def test_frames_of_the_wrong_channel_count_are_refused(tmp_path: Path) -> None:
     model = load_model(tiny_weights(tmp_path, "compact"))
-    with open_upscaler(model, "torch", BackendOptions(device="cpu"), TileOptions()) as upscaler:
-        with pytest.raises(UpscaleError, match="expected an H x W x 3 image"):
-            upscaler.upscale(np.zeros((8, 8, 4), np.float32))
+    options = BackendOptions(device="cpu")
+    with (
+        open_upscaler(model, "torch", options, TileOptions()) as upscaler,
+        pytest.raises(UpscaleError, match="expected an H x W x 3 image"),
+    ):
+        upscaler.upscale(np.zeros((8, 8, 4), np.float32))

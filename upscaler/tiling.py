@@ -156,12 +156,14 @@ class Tiler:
         padded = _pad(np.asarray(image, dtype=np.float32), self._requirement)
         largest = max(padded.shape[1:])
         if self._tile is None:
+            # The largest tile first, then as many of them per batch as the budget holds: smaller
+            # tiles waste more of their reads on overlap, and batching does not win that back.
             tile = choose_tile_size(
                 height,
                 width,
                 self._requirement,
                 self._overlap,
-                self.batch_size,
+                1,
                 self._bytes_per_pixel,
                 self._memory_budget,
             )
@@ -174,11 +176,12 @@ class Tiler:
         while True:
             context = _context(tile, self._overlap, self._requirement)
             tiles = plan_tiles(padded.shape[1], padded.shape[2], tile, context)
+            batch_size = self._fitting_batch(tiles) if self._tile is None else self.batch_size
             try:
-                output = _run_tiles(padded, tiles, self._infer, self._scale, self.batch_size, context)
+                output = _run_tiles(padded, tiles, self._infer, self._scale, batch_size, context)
                 break
             except OutOfMemory as error:
-                if self.batch_size > 1 and len(tiles) > 1:
+                if batch_size > 1 and len(tiles) > 1:
                     self.batch_size = 1
                 else:
                     step = self._requirement.multiple_of
@@ -196,6 +199,13 @@ class Tiler:
         self.tile_size = tile
         # Clipping into a new array also drops the padded frame the crop would keep alive.
         return np.clip(output[:, : height * self._scale, : width * self._scale], 0.0, 1.0)
+
+    def _fitting_batch(self, tiles: list[TileRegion]) -> int:
+        """The most tiles per batch, up to `batch_size`, whose estimated memory fits the budget."""
+        if self._bytes_per_pixel <= 0 or self._memory_budget <= 0:
+            return self.batch_size
+        window = tiles[0].height * tiles[0].width * self._bytes_per_pixel
+        return max(1, min(self.batch_size, self._memory_budget // window))
 
 
 def upscale_tiled(

@@ -226,18 +226,25 @@ def test_out_of_memory_on_batches_only_keeps_the_tile_size():
 
 
 def test_after_out_of_memory_auto_tiles_grow_no_larger_on_later_frames():
-    def one_tile_at_a_time(batch: np.ndarray) -> np.ndarray:
-        if batch.shape[0] > 1:
+    def windows_up_to_120(batch: np.ndarray) -> np.ndarray:
+        if batch.shape[2] * batch.shape[3] > 120 * 120:
             raise OutOfMemory("CUDA out of memory")
         return nearest(1)(batch)
 
-    # Four 100x100 windows fit the budget (tile 84 + 2 * 8); one 200x200 window would too.
-    budget = 4 * 100 * 100 * 4
-    tiler = Tiler(one_tile_at_a_time, 1, SizeRequirement(4), None, 8, 4, 4, budget)
+    # The budget holds one 200x200 window (tile 184 + 2 * 8), which the device then refuses.
+    budget = 200 * 200 * 4
+    tiler = Tiler(windows_up_to_120, 1, SizeRequirement(4), None, 8, 4, 4, budget)
     tiler.upscale(random_image(300, 300))
-    assert (tiler.tile_size, tiler.batch_size) == (84, 1)
+    assert tiler.tile_size == 92
     tiler.upscale(random_image(300, 300, seed=1))
-    assert tiler.tile_size == 84
+    assert tiler.tile_size == 92
+
+
+def test_auto_tiles_take_the_largest_tile_that_fits_one_at_a_time():
+    # One window of tile 284 + 2 * 8 fits; batching four smaller tiles would waste more on overlap.
+    shapes = batch_shapes(random_image(600, 600), None, bytes_per_pixel=1, memory_budget=300 * 300)
+    assert {shape[2:] for shape in shapes} == {(300, 300)}
+    assert {shape[0] for shape in shapes} == {1}
 
 
 @pytest.mark.parametrize(("shape", "smallest"), [((200, 150), 32), ((20, 18), 20)])

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.conftest import SHARED_DATA
 from upscaler import image_job
 from upscaler.errors import InputError, OutOfMemory, OutputError
 from upscaler.image_job import (
@@ -24,7 +25,7 @@ from upscaler.image_job import (
 )
 from upscaler.images import Picture
 
-EDGE_CASES = Path(__file__).resolve().parents[3] / "shared" / "data" / "images" / "edge-cases"
+EDGE_CASES = SHARED_DATA / "images" / "edge-cases"
 
 
 def nearest4(pixels: np.ndarray) -> np.ndarray:

@@ -12,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageOps
 
+from tests.conftest import SHARED_DATA
 from upscaler import images
 from upscaler.errors import InputError, OutputError
 from upscaler.images import SUPPORTED_SUFFIXES, EncodeOptions, Picture, read_image, write_image
 
-EDGE_CASES = Path(__file__).resolve().parents[3] / "shared" / "data" / "images" / "edge-cases"
+EDGE_CASES = SHARED_DATA / "images" / "edge-cases"
 needs_edge_cases = pytest.mark.skipif(
     not EDGE_CASES.is_dir(), reason=f"real test images not present at {EDGE_CASES}"
 )

@@ -23,19 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from upscaler.errors import ModelError
-
-
-def _init_scaled(modules: list[nn.Module], scale: float) -> None:
-    # BasicSR's recipe: shrunk Kaiming init keeps the 23-block residual stack near identity at the
-    # start of training; without it the dense blocks' outputs grow block by block.
-    with torch.no_grad():
-        for module in modules:
-            for layer in module.modules():
-                if isinstance(layer, nn.Conv2d):
-                    nn.init.kaiming_normal_(layer.weight)
-                    layer.weight.mul_(scale)
-                    if layer.bias is not None:
-                        layer.bias.zero_()
+from upscaler.models.weight_init import init_scaled
 
 
 class ResidualDenseBlock(nn.Module):
@@ -49,7 +37,7 @@ class ResidualDenseBlock(nn.Module):
         self.conv4 = nn.Conv2d(num_feat + 3 * num_grow_ch, num_grow_ch, 3, 1, 1)
         self.conv5 = nn.Conv2d(num_feat + 4 * num_grow_ch, num_feat, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(0.2)
-        _init_scaled([self.conv1, self.conv2, self.conv3, self.conv4, self.conv5], 0.1)
+        init_scaled([self.conv1, self.conv2, self.conv3, self.conv4, self.conv5], 0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.lrelu(self.conv1(x))

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from upscaler.models.weight_init import init_scaled
+
 
 class SRResidualBlock(nn.Module):
     """conv3x3-BN-PReLU-conv3x3-BN with an identity skip; BN is Identity when folded or absent."""
@@ -143,19 +145,6 @@ def fold_batch_norm(model: SRResNet) -> SRResNet:
     return folded.eval()
 
 
-def _init_scaled(modules: list[nn.Module], scale: float) -> None:
-    # BasicSR's recipe: Kaiming init shrunk by `scale` keeps a deep residual stack near identity at
-    # the start of training, which it needs to train stably without batch norm.
-    with torch.no_grad():
-        for module in modules:
-            for layer in module.modules():
-                if isinstance(layer, nn.Conv2d):
-                    nn.init.kaiming_normal_(layer.weight)
-                    layer.weight.mul_(scale)
-                    if layer.bias is not None:
-                        layer.bias.zero_()
-
-
 class ResidualBlockNoBN(nn.Module):
     """conv3x3-ReLU-conv3x3 with an identity skip (residual scale 1), as in BasicSR."""
 
@@ -163,7 +152,7 @@ class ResidualBlockNoBN(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        _init_scaled([self.conv1, self.conv2], 0.1)
+        init_scaled([self.conv1, self.conv2], 0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.relu(self.conv1(x)))
@@ -207,9 +196,9 @@ class MSRResNet(nn.Module):
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(0.1)
 
-        _init_scaled([self.conv_first, self.upconv1, self.conv_hr, self.conv_last], 0.1)
+        init_scaled([self.conv_first, self.upconv1, self.conv_hr, self.conv_last], 0.1)
         if upscale == 4:
-            _init_scaled([self.upconv2], 0.1)
+            init_scaled([self.upconv2], 0.1)
 
     @property
     def config(self) -> dict[str, Any]:

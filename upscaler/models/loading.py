@@ -92,7 +92,15 @@ def load_model(spec: str | Path) -> LoadedModel:
         path = Path(spec).expanduser()
         if not path.is_file():
             known = ", ".join(model.id for model in MODELS)
-            what = "is not a file" if path.exists() else "is neither a known model id nor an existing file"
+            if path.exists():
+                what = "is not a file"
+            elif path.suffix in SUFFIXES or len(path.parts) > 1:
+                # It looks like a path, so a typo in the path is likelier than a wrong model id.
+                raise ModelError(
+                    f"no such weights file: {spec}", hint=f"check the path, or use a model id: {known}"
+                )
+            else:
+                what = "is neither a known model id nor an existing file"
             raise ModelError(
                 f"model {str(spec)!r} {what}; known ids: {known}",
                 hint="pass a model id or a weights file (" + ", ".join(SUFFIXES) + ")",
@@ -171,7 +179,8 @@ def _read_checkpoint(path: Path) -> Any:
         ) from exc
     except Exception as exc:  # a damaged zip, a truncated pickle or an OS error: all the same to a user
         raise ModelError(
-            f"cannot read weights file {path.name}: not a valid PyTorch checkpoint ({exc})"
+            f"cannot read weights file {path.name}: not a valid PyTorch checkpoint "
+            f"({type(exc).__name__}: {exc})"
         ) from exc
 
 

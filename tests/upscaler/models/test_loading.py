@@ -153,8 +153,14 @@ def test_unknown_id_lists_the_known_ones(tmp_path, monkeypatch):
 
 
 def test_missing_file_path_is_named(tmp_path):
-    with pytest.raises(ModelError, match="neither a known model id nor an existing file"):
+    with pytest.raises(ModelError, match="no such weights file: .*nothing.pth") as raised:
         load_model(tmp_path / "nothing.pth")
+    assert "esrgan" in raised.value.hint
+
+
+def test_a_word_that_is_no_id_nor_file_lists_the_ids():
+    with pytest.raises(ModelError, match="neither a known model id nor an existing file; known ids: srgan"):
+        load_model("realesrgan")
 
 
 def test_a_folder_is_not_a_weights_file(tmp_path):

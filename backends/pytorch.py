@@ -139,9 +139,9 @@ class TorchSession(ClosingSession):
             raise
 
     def close(self) -> None:
-        if self.module is not None and self.device.type == "cuda":
+        was_open, self.module = self.module is not None, None
+        if was_open and self.device.type == "cuda":
             import torch
 
-            self.module = None
+            # Hand the cached blocks back, so that a next session (or another process) can use them.
             torch.cuda.empty_cache()
-        self.module = None

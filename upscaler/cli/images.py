@@ -1,0 +1,91 @@
+"""`upscale images`: upscale image files and folders."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from upscaler.cli.options import build_options, model_options
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "output_dir",
+    type=click.Path(path_type=Path),
+    help="Output folder (default: beside each input).",
+)
+@model_options
+@click.option(
+    "--outscale", type=click.FloatRange(min=0, min_open=True), help="Final scale, resized after the model."
+)
+@click.option("--suffix", default=None, help="Added to each output's file name (default: _x<scale>).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "jpg", "webp", "tif", "bmp"]),
+    help="Output format (default: the input's).",
+)
+@click.option("--glob", "pattern", default=None, help="Only files whose name matches, e.g. '*.png'.")
+@click.option("--skip-existing", is_flag=True, help="Skip inputs whose output already exists.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (never an input).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def images(
+    inputs,
+    output_dir,
+    model,
+    backend,
+    device,
+    precision,
+    threads,
+    tile_size,
+    tile_overlap,
+    batch_size,
+    memory_budget,
+    outscale,
+    suffix,
+    fmt,
+    pattern,
+    skip_existing,
+    overwrite,
+    no_progress,
+) -> None:
+    """Upscale image files and folders (recursively).
+
+    PNG, JPEG, WebP, TIFF and BMP; alpha, 16-bit and grayscale are kept.
+    """
+    from upscaler.image_job import find_images, plan_outputs, run_image_job, scale_suffix
+    from upscaler.upscaling import open_upscaler
+
+    if skip_existing and overwrite:
+        raise click.UsageError("--skip-existing and --overwrite exclude each other")
+    backend_options, tile_options = build_options(
+        device, precision, threads, tile_size, tile_overlap, batch_size, memory_budget
+    )
+    # Outputs inside an input folder must not become inputs of the next run.
+    found = find_images(list(inputs), pattern, exclude=[output_dir] if output_dir else [])
+    with open_upscaler(model, backend, backend_options, tile_options) as upscaler:
+        scale = upscaler.scale
+        plan = plan_outputs(
+            found,
+            output_dir=output_dir,
+            suffix=suffix if suffix is not None else scale_suffix(outscale or scale),
+            fmt=fmt,
+            overwrite=overwrite,
+            skip_existing=skip_existing,
+        )
+        click.echo(f"{upscaler.description}; {len(plan.tasks)} image(s) to upscale", err=True)
+        report = run_image_job(
+            plan, upscaler.upscale, scale=scale, outscale=outscale, progress=not no_progress
+        )
+    for _path, message in report.failed:
+        click.echo(f"failed: {message}", err=True)
+    click.echo(
+        f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed", err=True
+    )
+    if report.failed:
+        sys.exit(1)

@@ -1,0 +1,97 @@
+"""Options shared by the commands that run a model, and small output helpers."""
+
+from __future__ import annotations
+
+import click
+
+
+class TileSize(click.ParamType):
+    """`auto` or a positive whole number of input pixels."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).lower() == "auto":
+            return None
+        try:
+            size = int(value)
+        except ValueError:
+            self.fail(f"must be 'auto' or a whole number of pixels (got {value!r})", param, ctx)
+        if size < 1:
+            self.fail(f"must be positive (got {size})", param, ctx)
+        return size
+
+
+def model_options(func):
+    """The options every command that runs a model shares."""
+    options = [
+        click.option(
+            "--model",
+            "-m",
+            default="esrgan",
+            show_default=True,
+            help="A model id (see `upscale models`) or a weights file (.safetensors, .pth, .pt).",
+        ),
+        click.option(
+            "--backend",
+            default="auto",
+            show_default=True,
+            help="Inference backend (see `upscale backends`); auto picks the best that can run here.",
+        ),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
+        click.option(
+            "--precision",
+            type=click.Choice(["fp32", "fp16", "bf16"]),
+            default="fp32",
+            show_default=True,
+            help="Arithmetic precision (fp16 needs a GPU; bf16 is fast on CPUs with AVX512_BF16 or AMX).",
+        ),
+        click.option("--threads", type=click.IntRange(min=1), help="CPU threads for inference."),
+        click.option(
+            "--tile-size",
+            type=TileSize(),
+            default="auto",
+            show_default=True,
+            help="Tile side in input pixels; auto picks the largest that fits --memory-budget.",
+        ),
+        click.option(
+            "--tile-overlap",
+            type=click.IntRange(min=0),
+            help="Input pixels each tile reads past its edges (default: the model's receptive field).",
+        ),
+        click.option(
+            "--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per batch."
+        ),
+        click.option(
+            "--memory-budget",
+            type=click.FloatRange(min=0.05),
+            default=2.0,
+            show_default=True,
+            help="GiB of activations that --tile-size auto plans for.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_options(device, precision, threads, tile_size, tile_overlap, batch_size, memory_budget):
+    from upscaler.options import BackendOptions, TileOptions
+    from upscaler.values import Precision
+
+    backend_options = BackendOptions(device=device, precision=Precision.parse(precision), threads=threads)
+    tile_options = TileOptions(
+        tile_size=tile_size,
+        overlap=tile_overlap,
+        batch_size=batch_size,
+        memory_budget=int(memory_budget * 1024**3),
+    )
+    return backend_options, tile_options
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

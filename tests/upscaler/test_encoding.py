@@ -1,0 +1,169 @@
+"""resolve_encoding's defaults and one-line errors; PartWriter's timestamps, colour tags, depth and files."""
+
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from tests.conftest import shared_data
+from tests.upscaler import video_clips as clips
+from upscaler.encoding import EncodeSettings, PartWriter, frame_size, resolve_encoding
+from upscaler.errors import OutputError
+from upscaler.video import ColourTags, VideoInfo, decode_frames, probe_video
+
+
+@pytest.fixture(scope="module")
+def cfr(tmp_path_factory: pytest.TempPathFactory) -> VideoInfo:
+    return probe_video(clips.cfr_clip(tmp_path_factory.mktemp("cfr"), frames=12))
+
+
+@pytest.fixture(scope="module")
+def ten_bit(tmp_path_factory: pytest.TempPathFactory) -> VideoInfo:
+    return probe_video(clips.ten_bit_clip(tmp_path_factory.mktemp("tenbit")))
+
+
+def test_defaults_by_container(cfr: VideoInfo) -> None:
+    mp4 = resolve_encoding(Path("out.mp4"), cfr, EncodeSettings())
+    assert (mp4.container, mp4.codec, mp4.pix_fmt, mp4.part_suffix) == ("mp4", "libx264", "yuv420p", ".nut")
+    assert mp4.describe() == "libx264 crf 18 preset medium yuv420p"
+    assert resolve_encoding(Path("out.MKV"), cfr, EncodeSettings()).container == "matroska"
+    webm = resolve_encoding(Path("out.webm"), cfr, EncodeSettings(crf=33))
+    assert webm.describe() == "libvpx-vp9 crf 33 yuv420p b=0 row-mt=1"
+    chosen = resolve_encoding(
+        Path("out.mkv"), cfr, EncodeSettings(codec="libx265", preset="fast", options=(("tune", "grain"),))
+    )
+    assert chosen.options["tune"] == "grain" and chosen.describe().startswith("libx265 crf 20 preset fast")
+
+
+def test_ten_bit_source_gets_a_ten_bit_pixel_format(ten_bit: VideoInfo) -> None:
+    assert resolve_encoding(Path("o.mp4"), ten_bit, EncodeSettings()).pix_fmt == "yuv420p10le"
+    assert resolve_encoding(Path("o.mkv"), ten_bit, EncodeSettings(codec="libx265")).pix_fmt == "yuv420p10le"
+    # libvpx-vp9 in PyAV's FFmpeg is 8-bit only: say so rather than drop two bits silently.
+    with pytest.raises(OutputError, match="no pixel format deeper than 8 bits") as caught:
+        resolve_encoding(Path("o.webm"), ten_bit, EncodeSettings())
+    assert "--pix-fmt yuv420p" in caught.value.hint
+    assert resolve_encoding(Path("o.webm"), ten_bit, EncodeSettings(pix_fmt="yuv420p")).pix_fmt == "yuv420p"
+
+
+def test_full_range_source_keeps_its_range() -> None:
+    info = probe_video(shared_data("video", "fixture-mjpeg.mov"))
+    encoding = resolve_encoding(Path("o.mp4"), info, EncodeSettings())
+    assert encoding.pix_fmt == "yuv420p"
+    assert encoding.colour == ColourTags(range="pc", primaries=None, transfer=None, matrix="bt470bg")
+
+
+@pytest.mark.parametrize(
+    ("destination", "settings", "message"),
+    [
+        (
+            "o.xyz",
+            EncodeSettings(),
+            r"^o.xyz: unknown video container '.xyz'; known: .m4v, .mkv, .mov, .mp4, .webm$",
+        ),
+        ("o.mp4", EncodeSettings(codec="nope"), r"^--codec: this FFmpeg has no encoder 'nope'$"),
+        ("o.mp4", EncodeSettings(codec="aac"), r"^--codec: 'aac' encodes audio, not video$"),
+        ("o.webm", EncodeSettings(codec="libx264"), r"^o.webm: a webm file cannot hold libx264 video$"),
+        (
+            "o.mp4",
+            EncodeSettings(pix_fmt="rgb24"),
+            r"^--pix-fmt: libx264 does not take 'rgb24'; it takes yuv420p",
+        ),
+        ("o.mp4", EncodeSettings(crf=60), r"^--crf: must be between 0 and 51 for libx264 \(got 60\)$"),
+        (
+            "o.mkv",
+            EncodeSettings(codec="ffv1", crf=10),
+            r"^--crf: ffv1 has no constant-quality \(crf\) setting$",
+        ),
+        ("o.mp4", EncodeSettings(preset="warp"), r"^--preset: libx264 knows ultrafast, .* \(got 'warp'\)$"),
+        ("o.webm", EncodeSettings(preset="fast"), r"^--preset: libvpx-vp9 has no presets$"),
+        (
+            "o.mp4",
+            EncodeSettings(options=(("bogus", "1"),)),
+            r"^--encoder-option: libx264 has no option 'bogus'$",
+        ),
+        (
+            "o.mp4",
+            EncodeSettings(options=(("tune", "nonsense"),)),
+            r"^--codec: libx264 .* cannot be opened: ",
+        ),
+    ],
+)
+def test_one_line_errors(cfr: VideoInfo, destination: str, settings: EncodeSettings, message: str) -> None:
+    with pytest.raises(OutputError, match=message) as caught:
+        resolve_encoding(Path(destination), cfr, settings)
+    assert "\n" not in str(caught.value)
+
+
+def test_odd_sides_are_padded_to_even_for_subsampled_chroma(cfr: VideoInfo) -> None:
+    encoding = resolve_encoding(Path("o.mp4"), cfr, EncodeSettings())
+    assert frame_size(encoding, 314, 273) == (314, 274)
+    assert frame_size(encoding, 65, 48) == (66, 48)
+    full_chroma = resolve_encoding(Path("o.mkv"), cfr, EncodeSettings(pix_fmt="yuv444p"))
+    assert frame_size(full_chroma, 314, 273) == (314, 273)
+
+
+def write_part(path: Path, info: VideoInfo, encoding, frames, width=None, height=None) -> None:
+    with PartWriter(path, info, encoding, width or info.width, height or info.height) as writer:
+        for frame in frames:
+            writer.write(frame.pts, frame.rgb)
+
+
+def test_part_keeps_variable_frame_rate_timestamps_exactly(tmp_path: Path) -> None:
+    info = probe_video(clips.vfr_clip(tmp_path))
+    encoding = resolve_encoding(tmp_path / "o.mkv", info, EncodeSettings(crf=0))
+    write_part(tmp_path / "p.nut", info, encoding, decode_frames(info))
+    with av.open(str(tmp_path / "p.nut")) as part:
+        stream = part.streams.video[0]
+        seconds = sorted(
+            packet.pts * stream.time_base for packet in part.demux(stream) if packet.pts is not None
+        )
+        first = Fraction(part.metadata["upscale_first_pts"])
+    # NUT shifts the whole part when the first decode time is negative; the recorded first pts undoes it.
+    shift = seconds[0] - first
+    assert [s - shift for s in seconds] == [Fraction(p, 1000) for p in clips.VFR_PTS]
+
+
+def test_part_carries_colour_tags_and_ten_bits(tmp_path: Path, ten_bit: VideoInfo) -> None:
+    encoding = resolve_encoding(tmp_path / "o.mp4", ten_bit, EncodeSettings(crf=0))
+    write_part(tmp_path / "p.nut", ten_bit, encoding, decode_frames(ten_bit))
+    part = probe_video(tmp_path / "p.nut")
+    assert (part.pix_fmt, part.bit_depth) == ("yuv420p10le", 10)
+    assert part.colour == ColourTags(range="tv", primaries="bt709", transfer="bt709", matrix="bt709")
+    source = [frame.rgb for frame in decode_frames(ten_bit)]
+    again = [frame.rgb for frame in decode_frames(part)]
+    assert len(again) == len(source)
+    # Lossless in YUV; the RGB round trip costs a fraction of an 8-bit level on average.
+    assert np.mean([np.abs(a - b).mean() for a, b in zip(source, again, strict=True)]) * 255 < 0.5
+
+
+def test_part_appears_only_when_complete(tmp_path: Path, cfr: VideoInfo) -> None:
+    encoding = resolve_encoding(tmp_path / "o.mp4", cfr, EncodeSettings(preset="ultrafast"))
+    frames = list(decode_frames(cfr))
+    target = tmp_path / "p.nut"
+    with PartWriter(target, cfr, encoding, cfr.width, cfr.height) as writer:
+        writer.write(frames[0].pts, frames[0].rgb)
+        assert not target.exists()
+    assert target.exists() and list(tmp_path.glob(".*.tmp")) == []
+    failed = tmp_path / "failed.nut"
+    with pytest.raises(RuntimeError), PartWriter(failed, cfr, encoding, cfr.width, cfr.height) as writer:
+        writer.write(frames[0].pts, frames[0].rgb)
+        raise RuntimeError("stop")
+    assert not failed.exists() and list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_part_pads_odd_sizes_and_checks_shapes(tmp_path: Path, cfr: VideoInfo) -> None:
+    encoding = resolve_encoding(tmp_path / "o.mp4", cfr, EncodeSettings(preset="ultrafast"))
+    odd = [dataclasses.replace(frame, rgb=frame.rgb[:47, :63]) for frame in decode_frames(cfr)]
+    write_part(tmp_path / "odd.nut", cfr, encoding, odd, width=63, height=47)
+    part = probe_video(tmp_path / "odd.nut")
+    assert (part.width, part.height) == (64, 48)
+    with (
+        pytest.raises(ValueError, match=r"expected \(48, 64, 3\)"),
+        PartWriter(tmp_path / "bad.nut", cfr, encoding, 64, 48) as writer,
+    ):
+        writer.write(0, np.zeros((48, 63, 3), np.float32))

@@ -1,0 +1,241 @@
+"""decode -> PartWriter -> mux_output -> decode: timing, streams, colour, metadata and rotation survive."""
+
+from __future__ import annotations
+
+import hashlib
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from tests.conftest import shared_data
+from tests.upscaler import video_clips as clips
+from upscaler.encoding import EncodeSettings, PartWriter, resolve_encoding
+from upscaler.errors import OutputError
+from upscaler.muxing import mux_output
+from upscaler.video import VideoInfo, decode_frames, probe_video
+
+LOSSLESS = EncodeSettings(crf=0)  # libx264 qp 0 with its default B-frames
+CANNOT = ": the mp4 container cannot carry it; transcoded to aac"
+
+
+def upscale_at_1x(
+    source: Path,
+    destination: Path,
+    settings: EncodeSettings = LOSSLESS,
+    *,
+    part_frames: int = 8,
+    start: float | None = None,
+    duration: float | None = None,
+    **mux,
+) -> tuple[VideoInfo, list[Path], list[str]]:
+    """What the video job does, minus the model: parts close at the first keyframe after `part_frames`."""
+    info = probe_video(source)
+    encoding = resolve_encoding(destination, info, settings)
+    work = destination.parent / f"{destination.name}.parts"
+    work.mkdir()
+    parts: list[Path] = []
+    writer = None
+    count = 0
+    for frame in decode_frames(info, start=start, duration=duration):
+        if writer is None or (count >= part_frames and frame.key_frame):
+            if writer is not None:
+                writer.close()
+            parts.append(work / f"part-{len(parts):03d}{encoding.part_suffix}")
+            writer = PartWriter(parts[-1], info, encoding, info.width, info.height)
+            count = 0
+        writer.write(frame.pts, frame.rgb)
+        count += 1
+    writer.close()
+    warnings = mux_output(parts, info, destination, encoding, start=start, duration=duration, **mux)
+    return info, parts, warnings
+
+
+def seconds(info: VideoInfo) -> list[Fraction]:
+    return [frame.pts * info.time_base for frame in decode_frames(info)]
+
+
+def packet_hashes(path: Path, kind: str) -> list[str]:
+    """Hashes of the packets of every `kind` stream; empty mov_text gap cues (2 zero bytes) left out."""
+    with av.open(str(path)) as container:
+        streams = [s for s in container.streams if s.type == kind]
+        return [hashlib.sha256(bytes(p)).hexdigest() for p in container.demux(streams) if p.size > 2]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".mov"])
+def test_cfr_with_audio_keeps_every_frame_and_the_audio_bytes(tmp_path: Path, suffix: str) -> None:
+    source = clips.cfr_clip(tmp_path, frames=24)
+    info, parts, warnings = upscale_at_1x(source, tmp_path / f"out{suffix}")
+    assert len(parts) == 3 and warnings == []
+    out = probe_video(tmp_path / f"out{suffix}")
+    expected = seconds(info)
+    got = seconds(out)
+    assert len(got) == 24
+    if suffix == ".mkv":  # Matroska counts in milliseconds
+        assert [round(s * 1000) for s in expected] == [round(s * 1000) for s in got]
+    else:
+        assert got == expected
+    assert packet_hashes(tmp_path / f"out{suffix}", "audio") == packet_hashes(source, "audio")
+    assert [(o.kind, o.codec, o.language) for o in out.others] == [("audio", "aac", "fra")]
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_variable_frame_rate_stays_variable(tmp_path: Path, suffix: str) -> None:
+    info, parts, _ = upscale_at_1x(clips.vfr_clip(tmp_path), tmp_path / f"out{suffix}", part_frames=4)
+    assert len(parts) >= 3
+    assert seconds(probe_video(tmp_path / f"out{suffix}")) == [Fraction(p, 1000) for p in clips.VFR_PTS]
+
+
+def test_parts_concatenate_frame_for_frame_in_order(tmp_path: Path) -> None:
+    _, parts, _ = upscale_at_1x(clips.cfr_clip(tmp_path, frames=24), tmp_path / "out.mkv", part_frames=5)
+    assert len(parts) >= 3
+    from_parts = [frame.rgb for part in parts for frame in decode_frames(probe_video(part))]
+    from_output = [frame.rgb for frame in decode_frames(probe_video(tmp_path / "out.mkv"))]
+    assert len(from_output) == len(from_parts) == 24
+    for a, b in zip(from_parts, from_output, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ten_bit_stays_ten_bit_with_its_colour_tags(tmp_path: Path) -> None:
+    info, _, _ = upscale_at_1x(clips.ten_bit_clip(tmp_path), tmp_path / "out.mp4")
+    out = probe_video(tmp_path / "out.mp4")
+    assert (out.pix_fmt, out.bit_depth, out.colour) == ("yuv420p10le", 10, info.colour)
+
+
+VP9_LOSSLESS = EncodeSettings(crf=0, options=(("lossless", "1"), ("deadline", "realtime"), ("cpu-used", "8")))
+
+
+@pytest.mark.parametrize(
+    ("full_range", "suffix", "settings"),
+    [(False, ".mp4", LOSSLESS), (True, ".mp4", LOSSLESS), (False, ".webm", VP9_LOSSLESS)],
+)
+def test_colour_bars_keep_their_levels_and_tags(
+    tmp_path: Path, full_range: bool, suffix: str, settings: EncodeSettings
+) -> None:
+    source = clips.colour_bars_clip(tmp_path, full_range=full_range)
+    info, _, _ = upscale_at_1x(source, tmp_path / f"out{suffix}", settings)
+    out = probe_video(tmp_path / f"out{suffix}")
+    assert out.colour == info.colour
+    before = clips.bar_means(next(decode_frames(info)).rgb)
+    after = clips.bar_means(next(decode_frames(out)).rgb)
+    assert np.abs(after - before).max() <= 2.0
+    assert np.abs(after - np.array(clips.BARS)).max() <= 2.0
+
+
+def test_subtitles_chapters_and_metadata_are_copied(tmp_path: Path) -> None:
+    source = clips.subtitle_clip(tmp_path, "mp4")
+    _, _, warnings = upscale_at_1x(source, tmp_path / "out.mp4")
+    assert warnings == []
+    assert packet_hashes(tmp_path / "out.mp4", "subtitle") == packet_hashes(source, "subtitle")
+    with av.open(str(source)) as before, av.open(str(tmp_path / "out.mp4")) as after:
+        assert after.metadata["title"] == "a subtitled clip"
+        assert [c["metadata"]["title"] for c in after.chapters()] == ["one", "two"]
+        assert [float(c["start"] * c["time_base"]) for c in after.chapters()] == [
+            float(c["start"] * c["time_base"]) for c in before.chapters()
+        ]
+        assert after.streams.subtitles[0].metadata["language"] == "deu"
+
+
+@pytest.mark.parametrize(("container", "codec"), [("mkv", "subrip"), ("ass.mkv", "ass")])
+def test_text_subtitles_become_mov_text_in_mp4(tmp_path: Path, container: str, codec: str) -> None:
+    _, _, warnings = upscale_at_1x(clips.subtitle_clip(tmp_path, container), tmp_path / "out.mp4")
+    assert warnings == [
+        f"subtitle stream 2 ({codec}, deu): the mp4 container cannot carry it; converted to mov_text"
+    ]
+    with av.open(str(tmp_path / "out.mp4")) as out:
+        stream = out.streams.subtitles[0]
+        assert stream.codec_context.name == "mov_text" and stream.metadata["language"] == "deu"
+        texts = []
+        for packet in out.demux(stream):
+            cue = stream.codec_context.decode2(packet) if packet.size > 2 else None
+            if cue is not None and len(cue):
+                texts.append((packet.pts * packet.time_base, cue[0].ass.decode().rsplit(",", 1)[-1]))
+    assert texts[:2] == [(0, "line 0"), (Fraction(1, 4), "line 1")]
+
+
+def test_mov_text_becomes_subrip_in_matroska(tmp_path: Path) -> None:
+    _, _, warnings = upscale_at_1x(clips.subtitle_clip(tmp_path, "mp4"), tmp_path / "out.mkv")
+    assert warnings == [
+        "subtitle stream 2 (mov_text, deu): the matroska container cannot carry it; converted to subrip"
+    ]
+    assert [(o.kind, o.codec) for o in probe_video(tmp_path / "out.mkv").others] == [
+        ("audio", "aac"),
+        ("subtitle", "subrip"),
+    ]
+
+
+def test_no_audio_and_no_subtitles(tmp_path: Path) -> None:
+    _, _, warnings = upscale_at_1x(
+        clips.subtitle_clip(tmp_path, "mkv"), tmp_path / "out.mkv", audio=False, subtitles=False
+    )
+    assert warnings == [] and probe_video(tmp_path / "out.mkv").others == ()
+
+
+def test_start_and_duration_cut_every_stream_and_start_at_zero(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=24)
+    _, _, _ = upscale_at_1x(source, tmp_path / "out.mp4", start=0.25, duration=0.5)
+    out = probe_video(tmp_path / "out.mp4")
+    # Frames 6..17 of 24 fps; time 0 of the output is the --start point.
+    assert seconds(out) == [Fraction(i, 24) - Fraction(1, 4) for i in range(6, 18)]
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        audio = container.streams.audio[0]
+        times = [p.pts * p.time_base for p in container.demux(audio) if p.size]
+    assert 0.4 < float(max(times) - min(times)) < 0.55
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_rotation_is_carried(tmp_path: Path, suffix: str) -> None:
+    upscale_at_1x(clips.rotated_clip(tmp_path, rotation=90), tmp_path / f"out{suffix}")
+    assert probe_video(tmp_path / f"out{suffix}").rotation == 90
+
+
+def test_iphone_rotation_and_audio_in_stream_zero(tmp_path: Path) -> None:
+    source = shared_data("video", "iphone_rotated.mov")
+    fast = EncodeSettings(preset="ultrafast")
+    _, _, warnings = upscale_at_1x(source, tmp_path / "out.mp4", fast, part_frames=30)
+    out = probe_video(tmp_path / "out.mp4")
+    assert warnings == [] and out.rotation == 270 and len(list(decode_frames(out))) == 66
+    assert packet_hashes(tmp_path / "out.mp4", "audio") == packet_hashes(source, "audio")
+
+
+@pytest.mark.parametrize(
+    ("name", "warning"),
+    [
+        ("big_buck_bunny_432_433.webm", f"audio stream 1 (vorbis){CANNOT}"),
+        ("fixture.3gp", f"audio stream 1 (amr_nb, eng){CANNOT}"),
+        ("fixture-raw.mts", None),  # AC-3 is at home in MP4: copied
+    ],
+)
+def test_real_audio_into_mp4(tmp_path: Path, name: str, warning: str | None) -> None:
+    fast = EncodeSettings(preset="ultrafast")
+    _, _, warnings = upscale_at_1x(shared_data("video", name), tmp_path / "out.mp4", fast, duration=0.3)
+    assert warnings == ([warning] if warning else [])
+    others = probe_video(tmp_path / "out.mp4").others
+    assert [o.codec for o in others] == (["aac"] if warning else ["ac3"])
+
+
+def test_vorbis_is_copied_into_webm(tmp_path: Path) -> None:
+    source = shared_data("video", "big_buck_bunny_432_433.webm")
+    fast = EncodeSettings(options=(("deadline", "realtime"), ("cpu-used", "8")))
+    _, _, warnings = upscale_at_1x(source, tmp_path / "out.webm", fast, part_frames=100)
+    assert warnings == []
+    assert packet_hashes(tmp_path / "out.webm", "audio") == packet_hashes(source, "audio")
+
+
+def test_missing_or_mismatched_parts_fail_and_leave_nothing(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=24)
+    info, parts, _ = upscale_at_1x(source, tmp_path / "first.mp4")
+    encoding = resolve_encoding(tmp_path / "out.mp4", info, LOSSLESS)
+    with pytest.raises(OutputError, match=r"^absent.nut: video part is missing$"):
+        mux_output([*parts, tmp_path / "absent.nut"], info, tmp_path / "out.mp4", encoding)
+    # A part left by a run with other settings (say, resumed with another --codec) must not be spliced in.
+    other = tmp_path / "other.nut"
+    x265 = resolve_encoding(tmp_path / "o.mp4", info, EncodeSettings(codec="libx265"))
+    with PartWriter(other, info, x265, info.width, info.height) as writer:
+        for frame in decode_frames(info, after_pts=7 * 512):
+            writer.write(frame.pts, frame.rgb)
+    with pytest.raises(OutputError, match=r"^other.nut: encoded with other settings than part-000.nut$"):
+        mux_output([parts[0], other], info, tmp_path / "out.mp4", encoding)
+    assert not (tmp_path / "out.mp4").exists()

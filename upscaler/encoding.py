@@ -1,0 +1,439 @@
+"""Encoding upscaled frames: the settings a user gives, checked against this FFmpeg and the destination
+container (`resolve_encoding`), and the writer of one video-only part file (`PartWriter`).
+
+Part files are NUT. NUT stores every timestamp exactly in the stream's own time base, whatever it is
+(1/90000, 1/600, 1001/30000 ...), writes no edit list and takes every codec FFmpeg can encode, so a part
+keeps the source's pts bit for bit: variable frame rate survives, and the final mux only copies packets.
+(MP4/MOV rewrite the first timestamps through an edit list and Matroska rounds to milliseconds.)
+
+Colour: frames are converted from RGB with the matrix and range that decoding used (the source's, or the
+guess `VideoInfo.conversion` made), and the same tags are written on the stream, so a player undoes
+exactly the conversion that was done. 10-bit (and deeper) sources are encoded with a 10-bit pixel format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import av.error
+import numpy as np
+from av.video.reformatter import Interpolation, VideoReformatter
+
+from upscaler.errors import OutputError
+from upscaler.video import (
+    MATRIX_NAMES,
+    PRIMARIES_NAMES,
+    RANGE_NAMES,
+    SWSCALE_MATRIX,
+    TRANSFER_NAMES,
+    ColourTags,
+    VideoInfo,
+)
+
+# Destination suffix -> FFmpeg muxer. AVI and MPEG-TS are left out: AVI has no presentation times (so no
+# B-frames, no variable frame rate) and MPEG-TS no text subtitles or chapters.
+CONTAINERS: dict[str, str] = {
+    ".mp4": "mp4",
+    ".m4v": "mp4",
+    ".mov": "mov",
+    ".mkv": "matroska",
+    ".webm": "webm",
+}
+# Muxer -> the encoder used when --codec is not given.
+DEFAULT_CODECS: dict[str, str] = {
+    "mp4": "libx264",
+    "mov": "libx264",
+    "matroska": "libx264",
+    "webm": "libvpx-vp9",
+}
+# What each encoder does with --crf and --preset, and our defaults for them.
+_CRF = {
+    "libx264": (0, 51, 18),
+    "libx265": (0, 51, 20),
+    "libvpx-vp9": (0, 63, 30),
+    "libvpx": (4, 63, 10),
+    "libsvtav1": (1, 63, 30),
+}
+_PRESETS = {
+    "libx264": (
+        "ultrafast",
+        "superfast",
+        "veryfast",
+        "faster",
+        "fast",
+        "medium",
+        "slow",
+        "slower",
+        "veryslow",
+        "placebo",
+    ),
+    "libx265": (
+        "ultrafast",
+        "superfast",
+        "veryfast",
+        "faster",
+        "fast",
+        "medium",
+        "slow",
+        "slower",
+        "veryslow",
+        "placebo",
+    ),
+    "libsvtav1": tuple(str(n) for n in range(14)),
+}
+_DEFAULT_PRESETS = {"libx264": "medium", "libx265": "medium", "libsvtav1": "8"}
+# Options every run of an encoder gets unless the user sets them: constant-quality mode for libvpx
+# (it needs a zero or explicit bitrate next to crf), and x265 without its banner on stderr.
+_BASE_OPTIONS = {
+    "libvpx-vp9": {"b": "0", "row-mt": "1"},
+    "libvpx": {"b": "0"},
+    "libx265": {"x265-params": "log-level=error"},
+    "libsvtav1": {"svtav1-params": "log-level=1"},
+}
+PART_SUFFIX = ".nut"
+FIRST_PTS_KEY = "upscale_first_pts"
+_PART_FORMAT = "nut"
+_DEEP_FORMATS = ("yuv420p10le", "yuv422p10le", "yuv444p10le", "yuv420p12le", "yuv420p16le", "p010le")
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """What the user asked for; None means 'choose for me'."""
+
+    codec: str | None = None
+    crf: int | None = None
+    preset: str | None = None
+    pix_fmt: str | None = None
+    options: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """Settings resolved and checked against this FFmpeg and the destination container."""
+
+    container: str
+    codec: str
+    pix_fmt: str
+    options: dict[str, str]
+    part_suffix: str = PART_SUFFIX
+    colour: ColourTags = ColourTags(range="tv", primaries=None, transfer=None, matrix="bt709")
+
+    def describe(self) -> str:
+        """One line for logs and the journal, e.g. 'libx264 crf 18 preset medium yuv420p'."""
+        words = [self.codec]
+        for key in ("crf", "preset"):
+            if key in self.options:
+                words += [key, self.options[key]]
+        words.append(self.pix_fmt)
+        extra = [
+            f"{key}={value}" for key, value in sorted(self.options.items()) if key not in ("crf", "preset")
+        ]
+        return " ".join(words + extra)
+
+    @property
+    def bit_depth(self) -> int:
+        return max(component.bits for component in av.VideoFormat(self.pix_fmt).components)
+
+
+def container_for(destination: Path) -> str:
+    """The muxer for `destination`'s suffix; OutputError naming the known suffixes otherwise."""
+    suffix = destination.suffix.lower()
+    if suffix not in CONTAINERS:
+        known = ", ".join(sorted(CONTAINERS))
+        raise OutputError(
+            f"{destination.name}: unknown video container {suffix or '(no suffix)'!r}; known: {known}"
+        )
+    return CONTAINERS[suffix]
+
+
+@functools.cache
+def accepted_codecs(container: str) -> frozenset[str]:
+    """Codec names (encoders and decoders) that FFmpeg says `container` can hold."""
+    with av.open(io.BytesIO(), "w", format=container) as output:
+        return frozenset(output.supported_codecs)
+
+
+def _encoder(name: str) -> av.codec.Codec:
+    try:
+        codec = av.codec.Codec(name, "w")
+    except (ValueError, av.error.FFmpegError):
+        raise OutputError(
+            f"--codec: this FFmpeg has no encoder {name!r}",
+            hint="codecs for video: libx264, libx265, libvpx-vp9, libsvtav1, ffv1",
+        ) from None
+    if codec.type != "video":
+        raise OutputError(f"--codec: {name!r} encodes {codec.type}, not video")
+    return codec
+
+
+def _choose_pix_fmt(codec: av.codec.Codec, source: VideoInfo, wanted: str | None) -> str:
+    formats = [fmt.name for fmt in codec.video_formats or ()]
+    if wanted is not None:
+        if formats and wanted not in formats:
+            raise OutputError(
+                f"--pix-fmt: {codec.name} does not take {wanted!r}; it takes {', '.join(formats)}"
+            )
+        return wanted
+    # yuvj* only says 'full range', which the colour tags say already; encoders prefer the plain name.
+    plain = source.pix_fmt.replace("yuvj", "yuv")
+    if source.bit_depth > 8:
+        if plain in formats:
+            return plain
+        for deep in _DEEP_FORMATS:
+            if deep in formats:
+                return deep
+        raise OutputError(
+            f"--codec: {codec.name} in this FFmpeg has no pixel format deeper than 8 bits, "
+            f"and the source is {source.bit_depth}-bit ({source.pix_fmt})",
+            hint="use --codec libx264, libx265 or libsvtav1, or accept 8 bits with --pix-fmt yuv420p",
+        )
+    if plain in formats and source.is_yuv and plain.startswith("yuv"):
+        return plain
+    if not formats or "yuv420p" in formats:
+        return "yuv420p"
+    return formats[0]
+
+
+def _options(codec: str, settings: EncodeSettings) -> dict[str, str]:
+    options = dict(_BASE_OPTIONS.get(codec, {}))
+    crf = settings.crf
+    if crf is not None and codec not in _CRF:
+        raise OutputError(
+            f"--crf: {codec} has no constant-quality (crf) setting", hint="use --encoder-option instead"
+        )
+    if codec in _CRF:
+        low, high, default = _CRF[codec]
+        crf = default if crf is None else crf
+        if not low <= crf <= high:
+            raise OutputError(f"--crf: must be between {low} and {high} for {codec} (got {crf})")
+        options["crf"] = str(crf)
+    preset = settings.preset
+    if preset is not None and codec not in _PRESETS:
+        raise OutputError(
+            f"--preset: {codec} has no presets",
+            hint="libvpx-vp9 trades speed with --encoder-option cpu-used=0..8 and deadline=good|realtime",
+        )
+    if codec in _PRESETS:
+        preset = _DEFAULT_PRESETS[codec] if preset is None else preset
+        if preset not in _PRESETS[codec]:
+            raise OutputError(f"--preset: {codec} knows {', '.join(_PRESETS[codec])} (got {preset!r})")
+        options["preset"] = preset
+    known = _known_options(codec)
+    for key, value in settings.options:
+        if key not in known:
+            raise OutputError(f"--encoder-option: {codec} has no option {key!r}")
+        options[key] = value
+    return options
+
+
+@functools.cache
+def _known_options(codec: str) -> frozenset[str]:
+    context = av.codec.CodecContext.create(codec, "w")
+    supported = context.supported_options
+    return frozenset(option.name for option in (*supported.generic, *supported.private))
+
+
+def resolve_encoding(destination: Path, source: VideoInfo, settings: EncodeSettings) -> Encoding:
+    """Check `settings` for `destination` and fill in the defaults. OutputError (one line) for an unknown
+    suffix, a codec this FFmpeg lacks, a container that cannot hold the codec, a pixel format or an option
+    the encoder does not take. Opens the encoder once on a tiny frame size, which catches what FFmpeg
+    alone knows (option values, time bases an encoder refuses)."""
+    container = container_for(Path(destination))
+    codec = _encoder(settings.codec or DEFAULT_CODECS[container])
+    if codec.name not in accepted_codecs(container):
+        raise OutputError(
+            f"{Path(destination).name}: a {container} file cannot hold {codec.name} video",
+            hint=f"the default for this container is {DEFAULT_CODECS[container]}",
+        )
+    if codec.name not in accepted_codecs(_PART_FORMAT):
+        raise OutputError(f"--codec: {codec.name} cannot be stored in the work files ({_PART_FORMAT})")
+    pix_fmt = _choose_pix_fmt(codec, source, settings.pix_fmt)
+    encoding = Encoding(
+        container=container,
+        codec=codec.name,
+        pix_fmt=pix_fmt,
+        options=_options(codec.name, settings),
+        colour=source.conversion(),
+    )
+    _try_open(encoding, source)
+    return encoding
+
+
+def _try_open(encoding: Encoding, source: VideoInfo) -> None:
+    context = av.codec.CodecContext.create(encoding.codec, "w")
+    context.width, context.height = 64, 64
+    context.pix_fmt = encoding.pix_fmt
+    context.time_base = source.time_base
+    if source.average_rate:
+        context.framerate = source.average_rate
+    context.options = dict(encoding.options)
+    try:
+        context.open()
+    except av.error.FFmpegError as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise OutputError(f"--codec: {encoding.describe()} cannot be opened: {reason}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            context.close()
+
+
+def frame_size(encoding: Encoding, width: int, height: int) -> tuple[int, int]:
+    """The size a PartWriter encodes a `width` x `height` picture at: the next even size for pixel formats
+    that halve chroma (4:2:0 needs even sides). The extra row/column repeats the edge pixels."""
+    fmt = av.VideoFormat(encoding.pix_fmt)
+    step_w = 2 if fmt.chroma_width(64) < 64 else 1
+    step_h = 2 if fmt.chroma_height(64) < 64 else 1
+    return width + (-width % step_w), height + (-height % step_h)
+
+
+def _subsampled(pix_fmt: str) -> bool:
+    fmt = av.VideoFormat(pix_fmt)
+    return fmt.chroma_width(64) < 64 or fmt.chroma_height(64) < 64
+
+
+_CODE = {
+    "range": {name: number for number, name in RANGE_NAMES.items()},
+    "matrix": {name: number for number, name in MATRIX_NAMES.items()},
+    "primaries": {name: number for number, name in PRIMARIES_NAMES.items()},
+    "transfer": {name: number for number, name in TRANSFER_NAMES.items()},
+}
+
+
+def colour_numbers(tags: ColourTags) -> dict[str, int]:
+    """`tags` as the codec context / frame attributes PyAV takes (AVCOL_* numbers); unset ones left out."""
+    numbers = {}
+    for attribute, key, value in (
+        ("color_range", "range", tags.range),
+        ("colorspace", "matrix", tags.matrix),
+        ("color_primaries", "primaries", tags.primaries),
+        ("color_trc", "transfer", tags.transfer),
+    ):
+        if value is not None and value in _CODE[key]:
+            numbers[attribute] = _CODE[key][value]
+    return numbers
+
+
+class PartWriter:
+    """One video-only part file. Use as a context manager; the file appears at `path` only once complete.
+
+    `write` takes H x W x 3 float32 RGB in [0, 1] with the frame's source pts; frames must come in display
+    order. Sides that the pixel format cannot hold (odd sides with 4:2:0) are padded by repeating the last
+    row/column (see `frame_size`).
+    """
+
+    def __init__(self, path: Path, source: VideoInfo, encoding: Encoding, width: int, height: int) -> None:
+        self.path = Path(path)
+        self.width, self.height = width, height
+        self.size = frame_size(encoding, width, height)
+        self.encoding = encoding
+        self.frames = 0
+        self._temporary = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        self._deep = encoding.bit_depth > 8
+        self._time_base = source.time_base
+        self._colour = colour_numbers(encoding.colour)
+        if encoding.pix_fmt.startswith("gbr"):
+            # Planar RGB output (--pix-fmt gbrp): no YUV matrix, full range by definition.
+            self._colour = {**self._colour, "colorspace": 0, "color_range": 2}
+        self._reformatter = VideoReformatter()
+        self._matrix = SWSCALE_MATRIX.get(encoding.colour.matrix or "bt709", 1)
+        self._range = 2 if encoding.colour.range == "pc" else 1
+        self._container = av.open(str(self._temporary), "w", format=_PART_FORMAT)
+        try:
+            stream = self._container.add_stream(encoding.codec, rate=source.average_rate or None)
+            stream.width, stream.height = self.size
+            stream.pix_fmt = encoding.pix_fmt
+            stream.time_base = source.time_base
+            context = stream.codec_context
+            context.time_base = source.time_base
+            if source.average_rate:
+                context.framerate = source.average_rate
+            for attribute, number in self._colour.items():
+                setattr(context, attribute, number)
+            options = dict(encoding.options)
+            if _subsampled(encoding.pix_fmt):
+                # swscale halves chroma between luma samples ('center'); tag it, or decoders assume
+                # H.264's 'left' and move the colours a quarter pixel (1-2 levels on a steep gradient).
+                options.setdefault("chroma_sample_location", "center")
+            context.options = options
+            self._stream = stream
+        except BaseException:
+            self._discard()
+            raise
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._discard()
+
+    def write(self, pts: int, rgb: np.ndarray) -> None:
+        if rgb.shape != (self.height, self.width, 3):
+            raise ValueError(f"PartWriter.write: expected {(self.height, self.width, 3)}, got {rgb.shape}")
+        if self.frames == 0:
+            # NUT shifts a part's timestamps when the encoder's first decode time is negative (B-frames);
+            # the first pts, in seconds, lets the mux undo that shift exactly.
+            self._container.metadata[FIRST_PTS_KEY] = str(pts * self._time_base)
+        frame = self._frame(rgb)
+        frame.pts = pts
+        # The stream's time base is the muxer's choice once the header is written (NUT turns 1/1000 into
+        # 1/64000, an exact multiple); the encoder's stays the source's, and frames are stamped in it.
+        frame.time_base = self._time_base
+        try:
+            self._container.mux(self._stream.encode(frame))
+        except av.error.FFmpegError as error:
+            raise OutputError(f"{self.path.name}: encoding frame at pts {pts} failed: {error}") from None
+        self.frames += 1
+
+    def _frame(self, rgb: np.ndarray) -> av.VideoFrame:
+        padded_w, padded_h = self.size
+        if (padded_w, padded_h) != (self.width, self.height):
+            rgb = np.pad(rgb, ((0, padded_h - self.height), (0, padded_w - self.width), (0, 0)), mode="edge")
+        if self._deep:
+            levels = np.clip(rgb, 0.0, 1.0) * 65535.0 + 0.5
+            frame = av.VideoFrame.from_ndarray(levels.astype(np.uint16), format="rgb48le")
+        else:
+            levels = np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5
+            frame = av.VideoFrame.from_ndarray(levels.astype(np.uint8), format="rgb24")
+        converted = self._reformatter.reformat(
+            frame,
+            format=self.encoding.pix_fmt,
+            dst_colorspace=self._matrix,
+            dst_color_range=self._range,
+            # Same size: the filter only halves chroma. Bicubic with accurate rounding round-trips with
+            # decoding (video._Converter) within a fraction of a level; bilinear is ~0.3 levels worse.
+            interpolation=Interpolation.BICUBIC | Interpolation.ACCURATE_RND,
+        )
+        for attribute, number in self._colour.items():
+            setattr(converted, attribute, number)
+        return converted
+
+    def close(self) -> None:
+        """Flush the encoder, finish the file and move it to `path`."""
+        if self._container is None:
+            return
+        try:
+            self._container.mux(self._stream.encode(None))
+            self._container.close()
+            self._container = None
+            os.replace(self._temporary, self.path)
+        except BaseException:
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.close()
+            self._container = None
+        with contextlib.suppress(FileNotFoundError):
+            self._temporary.unlink()

@@ -1,0 +1,498 @@
+"""The final mux: the parts' video packets with the source's audio, subtitles, metadata, chapters,
+colour tags and rotation, into one file.
+
+Audio and subtitle packets are copied byte for byte when the destination container takes their codec in
+practice (FFmpeg's own list is wider: it lets Vorbis into MP4 and text into MPEG-TS, which players do not
+read), else transcoded to the container's usual codec with a warning; streams that cannot be carried at
+all are dropped with a warning. Packets of all streams are merged by time, so the file is interleaved and
+memory does not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import io
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+
+from upscaler.encoding import FIRST_PTS_KEY, Encoding, colour_numbers
+from upscaler.errors import InputError, OutputError
+from upscaler.video import VideoInfo
+
+# Audio codecs (canonical names) each container is known to carry for common players; None: whatever
+# FFmpeg accepts.
+_AUDIO_COPY: dict[str, frozenset[str] | None] = {
+    "mp4": frozenset({"aac", "mp3", "ac3", "eac3", "alac", "flac", "opus"}),
+    "mov": frozenset({"aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_u8"}),
+    "webm": frozenset({"opus", "vorbis"}),
+    "matroska": None,
+}
+_AUDIO_TARGET = {
+    "mp4": "aac",
+    "mov": "aac",
+    "webm": "libopus",
+    "matroska": "aac",
+}
+_SUBTITLE_COPY: dict[str, frozenset[str] | None] = {
+    "mp4": frozenset({"mov_text"}),
+    "mov": frozenset({"mov_text"}),
+    "webm": frozenset({"webvtt"}),
+    "matroska": None,
+}
+_TEXT_TARGET = {"mp4": "mov_text", "mov": "mov_text", "webm": "webvtt", "matroska": "subrip"}
+_LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}
+# Sample counts per frame the audio encoders above want.
+_FRAME_SIZES = {"aac": 1024, "libopus": 960}
+# Source metadata that describes the old file, not the new one (the muxer writes its own).
+_STALE_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder", "duration"}
+_STALE_PREFIXES = ("_statistics", "number_of_", "bps")
+# Used when a text subtitle decoder gives no ASS header; text subtitle encoders need one.
+ASS_HEADER = (
+    b"[Script Info]\nScriptType: v4.00+\nPlayResX: 384\nPlayResY: 288\n\n"
+    b"[V4+ Styles]\nFormat: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, "
+    b"BackColour, Bold, Italic, Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, "
+    b"Shadow, Alignment, MarginL, MarginR, MarginV, Encoding\n"
+    b"Style: Default,Arial,16,&Hffffff,&Hffffff,&H0,&H0,0,0,0,0,100,100,0,0,1,1,0,2,10,10,10,0\n\n"
+    b"[Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n"
+)
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Which source times (seconds from the video's first timestamp) go to the output, and the shift that
+    moves them: with --start the output begins at 0; without, source timestamps stay as they are."""
+
+    origin: float
+    start: float | None
+    end: float | None
+
+    def holds(self, seconds: float) -> bool:
+        relative = seconds - self.origin
+        if self.start is not None and relative < self.start:
+            return False
+        return self.end is None or relative < self.end
+
+    @property
+    def shift(self) -> float:
+        return self.origin + self.start if self.start else 0.0
+
+
+def mux_output(
+    parts: Sequence[Path],
+    source: VideoInfo,
+    destination: Path,
+    encoding: Encoding,
+    *,
+    audio: bool = True,
+    subtitles: bool = True,
+    start: float | None = None,
+    duration: float | None = None,
+) -> list[str]:
+    """Write `destination` from the video `parts` and the source's other streams; return warning lines
+    (one per transcoded or dropped stream). OutputError when a part is missing or was encoded differently
+    from the first; a failed mux leaves no file at `destination`."""
+    if not parts:
+        raise OutputError(f"{Path(destination).name}: no video parts to mux")
+    for part in parts:
+        if not Path(part).exists():
+            raise OutputError(
+                f"{Path(part).name}: video part is missing", hint="run the command again to redo it"
+            )
+    origin = float(source.start_pts * source.time_base)
+    end = None if duration is None else (start or 0.0) + duration
+    window = _Window(origin=origin, start=start if start else None, end=end)
+    try:
+        return _mux(parts, source, Path(destination), encoding, audio, subtitles, window)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            Path(destination).unlink()
+        raise
+
+
+def _mux(
+    parts: Sequence[Path],
+    source: VideoInfo,
+    destination: Path,
+    encoding: Encoding,
+    audio: bool,
+    subtitles: bool,
+    window: _Window,
+) -> list[str]:
+    warnings: list[str] = []
+    try:
+        src = av.open(str(source.path))
+    except av.error.FFmpegError as error:
+        raise InputError(f"{source.path.name}: cannot be opened again for muxing ({error})") from None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(src)
+        first = stack.enter_context(_open_part(parts[0]))
+        template = first.streams.video[0]
+        options = _muxer_options(encoding.container, template.time_base)
+        out = stack.enter_context(av.open(str(destination), "w", format=encoding.container, options=options))
+        out.metadata.update(_fresh(src.metadata))
+        video = out.add_stream_from_template(template)
+        video.metadata.update(_fresh(src.streams[source.stream_index].metadata))
+        with contextlib.suppress(ValueError, AttributeError):
+            video.disposition = src.streams[source.stream_index].disposition
+        # NUT parts keep colour tags only where the bitstream does (H.264 VUI has all four, VP9 no
+        # primaries or transfer); the container's own colour fields get them from the encoding.
+        for attribute, number in colour_numbers(encoding.colour).items():
+            setattr(video.codec_context, attribute, number)
+        if source.rotation:
+            video.set_display_rotation(source.rotation)
+        extradata = template.codec_context.extradata
+
+        copies: dict[int, av.stream.Stream] = {}
+        transcoders: dict[int, _Transcoder] = {}
+        for stream in src.streams:
+            if stream.index == source.stream_index:
+                continue
+            line = _plan_stream(out, stream, encoding.container, audio, subtitles, src, copies, transcoders)
+            if line:
+                warnings.append(line)
+        out.set_chapters(_chapters(src, window))
+
+        streams = [_video_packets(parts, video, extradata, window)]
+        wanted = [src.streams[index] for index in (*copies, *transcoders)]
+        if wanted:
+            streams.append(_source_packets(src, wanted, copies, transcoders, window, warnings))
+        try:
+            for _, _, packet in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
+                out.mux(packet)
+        except av.error.FFmpegError as error:
+            raise OutputError(f"{destination.name}: writing failed: {error}") from None
+    return warnings
+
+
+def _open_part(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path))
+    except av.error.FFmpegError as error:
+        raise OutputError(
+            f"{Path(path).name}: video part cannot be read ({error})",
+            hint="delete the work folder beside the output and run again",
+        ) from None
+
+
+def _muxer_options(container: str, time_base: Fraction) -> dict[str, str]:
+    if container in ("matroska", "webm"):
+        # Matroska stores no decode times, so a negative one (B-frames) needs no shift of every timestamp.
+        return {"avoid_negative_ts": "disabled"}
+    if container in ("mp4", "mov"):
+        # A late first frame (MPEG-TS sources start near 1.4 s) becomes an empty edit counted in the movie
+        # time scale, 1/1000 by default, which moves every frame by up to half a millisecond.
+        return {"movie_timescale": str(time_base.denominator)}
+    return {}
+
+
+def _fresh(metadata: dict[str, str]) -> dict[str, str]:
+    return {
+        key: value
+        for key, value in metadata.items()
+        if key.lower() not in _STALE_KEYS and not key.lower().startswith(_STALE_PREFIXES)
+    }
+
+
+def _describe(stream: av.stream.Stream) -> str:
+    language = stream.metadata.get("language")
+    codec = _canonical(stream)
+    return f"{stream.type} stream {stream.index} ({codec}{', ' + language if language else ''})"
+
+
+def _canonical(stream: av.stream.Stream) -> str:
+    context = stream.codec_context
+    if context is None:
+        return "no codec"
+    return context.codec.canonical_name or context.name
+
+
+def _fits(container: str, stream: av.stream.Stream) -> bool:
+    """True when `container` takes `stream`'s packets as they are (policy, then a trial header)."""
+    codec = _canonical(stream)
+    policy = (_AUDIO_COPY if stream.type == "audio" else _SUBTITLE_COPY).get(container)
+    if policy is not None and codec not in policy:
+        return False
+    try:
+        with av.open(io.BytesIO(), "w", format=container) as trial:
+            trial.add_stream_from_template(stream)
+            trial.start_encoding()
+    except (ValueError, av.error.FFmpegError):
+        return False
+    return True
+
+
+def _plan_stream(
+    out: av.container.OutputContainer,
+    stream: av.stream.Stream,
+    container: str,
+    audio: bool,
+    subtitles: bool,
+    src: av.container.InputContainer,
+    copies: dict[int, av.stream.Stream],
+    transcoders: dict[int, _Transcoder],
+) -> str | None:
+    """Add `stream`'s counterpart to `out` (a copy or a transcoder); return a warning line or None."""
+    what = _describe(stream)
+    if stream.type == "audio":
+        if not audio:
+            return None
+        if _fits(container, stream):
+            copies[stream.index] = _copy_stream(out, stream)
+            return None
+        target = _AUDIO_TARGET[container]
+        try:
+            transcoders[stream.index] = _AudioTranscoder(out, stream, target)
+        except (ValueError, av.error.FFmpegError) as error:
+            reason = f"the {container} container cannot carry it and it does not decode ({error})"
+            return f"{what}: dropped, {reason}"
+        return (
+            f"{what}: the {container} container cannot carry it; transcoded to {target.removeprefix('lib')}"
+        )
+    if stream.type == "subtitle":
+        if not subtitles:
+            return None
+        if _fits(container, stream):
+            copies[stream.index] = _copy_stream(out, stream)
+            return None
+        codec = stream.codec_context.codec if stream.codec_context is not None else None
+        target = _TEXT_TARGET.get(container)
+        if codec is not None and codec.text_sub and target is not None:
+            transcoders[stream.index] = _SubtitleTranscoder(out, stream, target)
+            return f"{what}: the {container} container cannot carry it; converted to {target}"
+        return f"{what}: dropped, the {container} container cannot carry it"
+    if stream.type == "attachment" and container == "matroska":
+        copies[stream.index] = out.add_stream_from_template(stream)
+        return None
+    if stream.type == "data" and src.chapters() and src.format.name.startswith("mov"):
+        # MP4/MOV keep chapter titles in a text track that the demuxer shows as a data stream; the
+        # chapters themselves are copied with set_chapters.
+        return None
+    return f"{what}: dropped, streams of this kind are not carried"
+
+
+def _copy_stream(out: av.container.OutputContainer, stream: av.stream.Stream) -> av.stream.Stream:
+    copy = out.add_stream_from_template(stream)
+    copy.metadata.update(_fresh(stream.metadata))
+    with contextlib.suppress(ValueError, AttributeError):
+        copy.disposition = stream.disposition
+    return copy
+
+
+def _chapters(src: av.container.InputContainer, window: _Window) -> list[dict]:
+    kept = []
+    for chapter in src.chapters():
+        base = chapter["time_base"]
+        begin, finish = float(chapter["start"] * base), float(chapter["end"] * base)
+        low = window.origin + (window.start or 0.0)
+        high = None if window.end is None else window.origin + window.end
+        if finish <= low or (high is not None and begin >= high):
+            continue
+        shift = round(window.shift / base)
+        start = max(chapter["start"] - shift, 0)
+        end = chapter["end"] - shift if high is None else min(chapter["end"], round(high / base)) - shift
+        kept.append({**chapter, "id": len(kept) + 1, "start": start, "end": end})
+    return kept
+
+
+def _video_packets(
+    parts: Sequence[Path], video: av.stream.Stream, extradata: bytes | None, window: _Window
+) -> Iterator[tuple[float, int, av.Packet]]:
+    """Packets of every part in order, stamped for `video`, with decode times that keep increasing."""
+    last_dts: int | None = None
+    for path in parts:
+        with _open_part(path) as part:
+            stream = part.streams.video[0]
+            if stream.codec_context.extradata != extradata:
+                raise OutputError(
+                    f"{Path(path).name}: encoded with other settings than {Path(parts[0]).name}",
+                    hint="delete the work folder beside the output and run again",
+                )
+            time_base = stream.time_base
+            packets = _with_decode_times(part.demux(stream), time_base)
+            first = next(packets, None)
+            if first is None:
+                raise OutputError(
+                    f"{Path(path).name}: video part holds no frames", hint="run the command again"
+                )
+            # Undo the muxer's shift: the first packet of a part is its first frame (an IDR frame).
+            written = part.metadata.get(FIRST_PTS_KEY)
+            shift = round(window.shift / time_base)
+            if written is not None:
+                shift += first.pts - round(Fraction(written) / time_base)
+            for packet in itertools.chain([first], packets):
+                packet.pts -= shift
+                packet.dts -= shift
+                if last_dts is not None and packet.dts <= last_dts:
+                    # Each part's encoder starts its decode times a little before its first pts, which
+                    # can reach back past the previous part's last one; nudge, never past the pts.
+                    packet.dts = last_dts + 1
+                    if packet.dts > packet.pts:
+                        raise OutputError(
+                            f"{Path(path).name}: its frames overlap the previous part in time",
+                            hint="delete the work folder beside the output and run again",
+                        )
+                last_dts = packet.dts
+                packet.stream = video
+                yield float(packet.dts * time_base), 0, packet
+
+
+def _with_decode_times(packets: Iterator[av.Packet], time_base: Fraction) -> Iterator[av.Packet]:
+    """NUT stores no decode times; its demuxer derives them from the pts order, except for the first
+    few packets of a stream with B-frames. Those get times just below the first known one, 1 ms apart."""
+    step = max(1, round(Fraction(1, 1000) / time_base))
+    waiting: list[av.Packet] = []
+    for packet in packets:
+        if packet.pts is None:
+            continue  # the demuxer's end-of-stream marker
+        if packet.dts is None:
+            waiting.append(packet)
+            continue
+        for ahead, held in enumerate(waiting):
+            held.dts = min(packet.dts - (len(waiting) - ahead) * step, held.pts)
+        yield from waiting
+        waiting.clear()
+        yield packet
+    for held in waiting:
+        held.dts = held.pts
+        yield held
+
+
+def _source_packets(
+    src: av.container.InputContainer,
+    streams: list[av.stream.Stream],
+    copies: dict[int, av.stream.Stream],
+    transcoders: dict[int, _Transcoder],
+    window: _Window,
+    warnings: list[str],
+) -> Iterator[tuple[float, int, av.Packet]]:
+    """Audio/subtitle packets of the window in file order, copied or transcoded, with output times."""
+    if window.start:
+        with contextlib.suppress(av.error.FFmpegError):
+            src.seek(int((window.origin + window.start - 1.0) * av.time_base), backward=True)
+    try:
+        for packet in src.demux(streams):
+            index = packet.stream.index
+            if packet.dts is None and packet.pts is None:
+                continue
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if not window.holds(float(stamp * packet.time_base)):
+                if (
+                    window.end is not None
+                    and float(stamp * packet.time_base) - window.origin >= window.end + 5
+                ):
+                    break
+                continue
+            if index in copies:
+                if packet.size == 2 and bytes(packet) == b"\0\0" and _canonical(packet.stream) == "mov_text":
+                    continue  # an empty gap cue; the MP4 muxer writes its own between the cues
+                yield from _stamped([packet], copies[index], window)
+            else:
+                yield from _stamped(transcoders[index].packets(packet), transcoders[index].stream, window)
+    except av.error.FFmpegError as error:
+        warnings.append(f"{src.name}: reading audio/subtitles stopped early: {error}")
+    for transcoder in transcoders.values():
+        yield from _stamped(transcoder.flush(), transcoder.stream, window)
+
+
+def _stamped(
+    packets: Sequence[av.Packet], stream: av.stream.Stream, window: _Window
+) -> Iterator[tuple[float, int, av.Packet]]:
+    for packet in packets:
+        shift = round(window.shift / packet.time_base)
+        if packet.pts is not None:
+            packet.pts -= shift
+        if packet.dts is not None:
+            packet.dts -= shift
+        packet.stream = stream
+        stamp = packet.dts if packet.dts is not None else packet.pts
+        yield float((stamp or 0) * packet.time_base), 1 + stream.index, packet
+
+
+class _AudioTranscoder:
+    """Decode, resample to what the encoder takes, encode; timestamps follow the source's samples."""
+
+    def __init__(self, out: av.container.OutputContainer, source: av.stream.Stream, codec: str) -> None:
+        self.source = source
+        context = source.codec_context
+        encoder = av.codec.Codec(codec, "w")
+        rates = encoder.audio_rates
+        rate = context.sample_rate or 48000
+        if rates and rate not in rates:
+            rate = min(rates, key=lambda r: (abs(r - rate), -r))
+        # By channel count: a file may name its layout only '1 channels', which encoders refuse.
+        channels = context.layout.nb_channels if context.layout else 2
+        layout = _LAYOUTS.get(channels, "stereo")
+        self.stream = out.add_stream(codec, rate=rate)
+        self.stream.layout = layout
+        self.stream.metadata.update(_fresh(source.metadata))
+        sample_format = encoder.audio_formats[0].name if encoder.audio_formats else "fltp"
+        self.stream.format = sample_format
+        self.resampler = av.AudioResampler(
+            format=sample_format, layout=layout, rate=rate, frame_size=_FRAME_SIZES.get(codec)
+        )
+
+    def packets(self, packet: av.Packet) -> list[av.Packet]:
+        produced = []
+        try:
+            frames = self.source.decode(packet)
+        except av.error.FFmpegError:
+            return produced  # a damaged audio packet: skip it, as players do
+        for frame in frames:
+            for resampled in self.resampler.resample(frame):
+                produced += self.stream.encode(resampled)
+        return produced
+
+    def flush(self) -> list[av.Packet]:
+        produced = []
+        with contextlib.suppress(av.error.FFmpegError):
+            for frame in self.source.decode(None):
+                for resampled in self.resampler.resample(frame):
+                    produced += self.stream.encode(resampled)
+        for resampled in self.resampler.resample(None):
+            produced += self.stream.encode(resampled)
+        produced += self.stream.encode(None)
+        return produced
+
+
+class _SubtitleTranscoder:
+    """Text subtitles re-encoded cue by cue; each cue keeps its packet's time and duration."""
+
+    def __init__(self, out: av.container.OutputContainer, source: av.stream.Stream, codec: str) -> None:
+        self.source = source
+        context = source.codec_context
+        with contextlib.suppress(av.error.FFmpegError, ValueError):
+            context.open()  # decode2 needs an open decoder, and its ASS header is wanted below
+        self.stream = out.add_stream(codec)
+        self.stream.time_base = source.time_base
+        self.stream.codec_context.time_base = source.time_base
+        self.stream.codec_context.subtitle_header = getattr(context, "subtitle_header", None) or ASS_HEADER
+        self.stream.metadata.update(_fresh(source.metadata))
+
+    def packets(self, packet: av.Packet) -> list[av.Packet]:
+        produced = []
+        try:
+            cue = self.source.codec_context.decode2(packet)
+        except av.error.FFmpegError:
+            return produced
+        if cue is not None and len(cue):
+            encoded = self.stream.codec_context.encode_subtitle(cue)
+            encoded.time_base = packet.time_base
+            encoded.pts = encoded.dts = packet.pts if packet.pts is not None else packet.dts
+            encoded.duration = packet.duration or round(
+                Fraction(cue.end_display_time - cue.start_display_time, 1000) / packet.time_base
+            )
+            produced.append(encoded)
+        return produced
+
+    def flush(self) -> list[av.Packet]:
+        return []  # each cue is encoded as it arrives; nothing is held back
+
+
+_Transcoder = _AudioTranscoder | _SubtitleTranscoder

@@ -1,0 +1,129 @@
+"""`upscale eval`: PSNR / SSIM of a model on a benchmark set, beside bicubic."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from upscaler.cli.options import build_options, model_options, print_table
+
+
+@click.command(name="eval")
+@click.option(
+    "--data",
+    "data",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A folder of HR images, or one with HR/ and LR_x<scale>/ side by side (as Set5, Set14).",
+)
+@click.option(
+    "--scale",
+    type=click.IntRange(min=1),
+    help="The scale to measure (default: the model's; 4 with --bicubic-only). Must match the model.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of a table.")
+@click.option("--bicubic-only", is_flag=True, help="Measure bicubic upscaling alone; no model is loaded.")
+@model_options
+def eval_command(
+    data,
+    scale,
+    as_json,
+    bicubic_only,
+    model,
+    backend,
+    device,
+    precision,
+    threads,
+    tile_size,
+    tile_overlap,
+    batch_size,
+    memory_budget,
+) -> None:
+    """Measure a model's PSNR and SSIM on a benchmark set, beside bicubic.
+
+    As the SR literature measures: Y channel of BT.601, SR rounded to 8 bits, `scale` pixels of border
+    cropped, bicubic as MATLAB's. Without LR_x<scale>/ files, LR is made from HR with that bicubic.
+    """
+    from upscaler.errors import InputError
+    from upscaler.evaluation import check_eval_folder, evaluate_pairs, load_eval_set
+    from upscaler.upscaling import open_upscaler
+
+    if bicubic_only and click.get_current_context().get_parameter_source("model").name != "DEFAULT":
+        raise click.UsageError("--bicubic-only measures no model; leave out --model")
+    check_eval_folder(data)
+    if bicubic_only:
+        evaluation = load_eval_set(data, scale or 4)
+        report = evaluate_pairs(None, _arrays(evaluation), evaluation.scale, _names(evaluation))
+        described = "bicubic only"
+    else:
+        backend_options, tile_options = build_options(
+            device, precision, threads, tile_size, tile_overlap, batch_size, memory_budget
+        )
+        with open_upscaler(model, backend, backend_options, tile_options) as upscaler:
+            if scale is not None and scale != upscaler.scale:
+                raise InputError(
+                    f"--scale: {scale} does not match model '{upscaler.model_name}', "
+                    f"which upscales x{upscaler.scale}"
+                )
+            evaluation = load_eval_set(data, upscaler.scale)
+            described = upscaler.description
+            report = evaluate_pairs(
+                upscaler.upscale, _arrays(evaluation), evaluation.scale, _names(evaluation)
+            )
+    click.echo(
+        f"{described}; {len(evaluation.pairs)} image(s) in {data}; LR: {evaluation.lr_source}; "
+        f"Y of BT.601, border {report.border}",
+        err=True,
+    )
+    if as_json:
+        document = report.to_dict()
+        document["data"] = str(data)
+        document["lr_source"] = evaluation.lr_source
+        document["model"] = None if bicubic_only else model
+        click.echo(json.dumps(document, indent=2, allow_nan=False))
+        return
+    header = ("image", "bicubic psnr", "bicubic ssim")
+    if not bicubic_only:
+        header = ("image", "psnr", "ssim", "bicubic psnr", "bicubic ssim")
+    rows = [header]
+    for image in report.images:
+        rows.append(
+            _row(image.name, image.psnr, image.ssim, image.bicubic_psnr, image.bicubic_ssim, bicubic_only)
+        )
+    rows.append(
+        _row(
+            "mean",
+            report.mean_psnr,
+            report.mean_ssim,
+            report.mean_bicubic_psnr,
+            report.mean_bicubic_ssim,
+            bicubic_only,
+        )
+    )
+    print_table(rows)
+
+
+def _arrays(evaluation) -> list:
+    return [(pair.lr, pair.hr) for pair in evaluation.pairs]
+
+
+def _names(evaluation) -> list[str]:
+    return [pair.name for pair in evaluation.pairs]
+
+
+def _row(name, psnr, ssim, bicubic_psnr, bicubic_ssim, bicubic_only: bool) -> tuple[str, ...]:
+    measured = (_db(bicubic_psnr), _ratio(bicubic_ssim))
+    return (name, *measured) if bicubic_only else (name, _db(psnr), _ratio(ssim), *measured)
+
+
+def _db(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "inf" if math.isinf(value) else f"{value:.2f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

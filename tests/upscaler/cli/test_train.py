@@ -1,0 +1,104 @@
+"""`upscale train`: help, recipes printed, flags over the recipe, an end-to-end run and its resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.train.fixtures import make_images
+from train.config import check, read_config_file
+from upscaler.cli import cli
+from upscaler.models import load_model
+
+TINY = [
+    *("--set", "model.config.num_feat=8", "--set", "model.config.num_conv=2"),
+    *("--workers", "0", "--threads", "1", "--no-progress"),
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_help_names_the_recipes() -> None:
+    result = CliRunner().invoke(cli, ["train", "--help"])
+    assert result.exit_code == 0
+    for text in ("--recipe", "esrgan", "compact-psnr", "--resume", "--set", "--print-recipe", "torchrun"):
+        assert text in result.output
+
+
+def test_print_recipe_prints_the_bundled_toml() -> None:
+    result = CliRunner().invoke(cli, ["train", "--print-recipe", "esrgan"])
+    assert result.exit_code == 0
+    assert result.output.startswith("# ESRGAN") and "gan_weight = 5e-3" in result.output
+
+
+def test_usage_errors() -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train"])
+    assert result.exit_code == 2 and "--recipe" in result.output
+    result = runner.invoke(cli, ["train", "--recipe", "compact-psnr"])
+    assert result.exit_code == 2 and "no training data" in result.output
+    result = runner.invoke(
+        cli, ["train", "--recipe", "compact-psnr", "--data", "x", "--set", "data.patch_size=30"]
+    )
+    assert result.exit_code == 1
+    assert "Error: data.patch_size: must be a multiple of 4 for compact x4 (got 30)" in result.output
+    result = runner.invoke(cli, ["train", "--recipe", "nope", "--data", "x"])
+    assert result.exit_code == 1 and "unknown recipe 'nope'" in result.output
+
+
+def test_train_end_to_end_then_extend_with_resume(tmp_path: Path) -> None:
+    data = make_images(tmp_path / "hr", count=3, size=40)
+    run = tmp_path / "run"
+    config = tmp_path / "mine.toml"
+    config.write_text("[train]\nlog_every = 2\nval_every = 2\n[data]\nbatch_size = 3\n")
+    args = ["train", "--recipe", "compact-psnr", "--data", str(data), "--val", str(data), "--out", str(run)]
+    flags = ["--iterations", "4", "--patch-size", "32", "--batch-size", "2", "--lr", "1e-3", "--seed", "3"]
+    result = CliRunner().invoke(cli, [*args, "--config", str(config), *flags, *TINY])
+    assert result.exit_code == 0, result.output
+    assert f"Wrote {run / 'compact-psnr.safetensors'} (validation PSNR" in result.output
+
+    saved = check(read_config_file(run / "config.toml"))
+    assert (saved.train.iterations, saved.data.patch_size, saved.optim_g.lr, saved.train.seed) == (
+        4,
+        32,
+        1e-3,
+        3,
+    )
+    assert saved.data.batch_size == 2  # the flag wins over --config
+    assert saved.train.log_every == 2  # --config wins over the recipe
+    assert saved.model.config["num_feat"] == 8  # --set
+    assert saved.data.hr == (str(data.resolve()),)
+
+    card = json.loads((run / "compact-psnr.json").read_text())
+    assert card["iterations"] == 4 and card["command"].startswith("upscale")
+    assert load_model(run / "compact-psnr.safetensors").info.arch == "compact"
+
+    again = CliRunner().invoke(cli, [*args, *TINY])
+    assert again.exit_code == 1 and "already holds a run" in again.output
+
+    resumed = CliRunner().invoke(
+        cli, ["train", "--out", str(run), "--resume", "--iterations", "6", "--no-progress"]
+    )
+    assert resumed.exit_code == 0, resumed.output
+    assert "Resuming" in resumed.output and "iteration 4" in resumed.output
+    assert json.loads((run / "compact-psnr.json").read_text())["iterations"] == 6
+
+
+def test_gan_recipe_without_vgg_weights_says_where_to_put_them(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    result = CliRunner().invoke(
+        cli, ["train", "--recipe", "esrgan", "--data", str(tmp_path), "--no-progress"]
+    )
+    assert result.exit_code == 1
+    assert "needs ImageNet VGG19 weights" in result.output and "--vgg-weights" in result.output

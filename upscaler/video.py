@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -273,6 +274,11 @@ def _first_frame(container: av.container.InputContainer, stream, path: Path) -> 
     raise InputError(f"{path.name}: no video frame decodes")
 
 
+def _first_tick_at(seconds: float, time_base: Fraction) -> int:
+    """The smallest pts at or after `seconds`; exact, since 0.3 / (1/10) is 2.999... in floats."""
+    return math.ceil(Fraction(repr(seconds)) / time_base)
+
+
 def decode_frames(
     info: VideoInfo,
     *,
@@ -292,10 +298,10 @@ def decode_frames(
     """
     wanted_from = None
     if start is not None and start > 0:
-        wanted_from = info.start_pts + int(start / info.time_base)
+        wanted_from = info.start_pts + _first_tick_at(start, info.time_base)
     wanted_until = None
     if duration is not None:
-        wanted_until = info.start_pts + int(((start or 0.0) + duration) / info.time_base)
+        wanted_until = info.start_pts + _first_tick_at((start or 0.0) + duration, info.time_base)
     targets = [pts for pts in (wanted_from, after_pts) if pts is not None]
     seek_to = max(targets) if targets else None
 

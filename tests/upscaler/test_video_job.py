@@ -1,0 +1,383 @@
+"""The video job: sizes, timing, streams, resume, journal, overwrite rules and clean failure."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import shared_data
+from tests.upscaler import video_checks as check
+from tests.upscaler import video_clips as clips
+from upscaler.encoding import EncodeSettings
+from upscaler.errors import InputError, OutputError, UpscaleError
+from upscaler.pipeline import StageError
+from upscaler.video_job import (
+    Journal,
+    Note,
+    PartRecord,
+    Progress,
+    plan_video_job,
+    read_journal,
+    run_video_job,
+    write_journal,
+)
+
+LOSSLESS = EncodeSettings(codec="ffv1")
+KEY = {"model": "nearest-x2"}
+
+
+def nearest(rgb: np.ndarray) -> np.ndarray:
+    """A stand-in model: x2 by repeating pixels, so a run costs nothing and is exactly reproducible."""
+    return rgb.repeat(2, axis=0).repeat(2, axis=1)
+
+
+class Counting:
+    """`nearest` that counts its calls and can fail at one call."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        if self.calls == self.fail_at:
+            raise UpscaleError("the model gave up")
+        self.calls += 1
+        return nearest(rgb)
+
+
+def plan(source: Path, destination: Path, **options):
+    options.setdefault("part_frames", 8)
+    options.setdefault("model_key", KEY)
+    return plan_video_job(source, destination, scale=2, **options)
+
+
+def leftovers(folder: Path, keep: set[str]) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+# ------------------------------------------------------------------------------------- the result
+
+
+def test_size_frames_timestamps_and_audio_bytes_are_kept(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=24)
+    out = tmp_path / "out.mp4"
+    report = run_video_job(plan(source, out), nearest)
+
+    before, after = check.decode(source), check.decode(out)
+    assert (after.width, after.height) == (2 * before.width, 2 * before.height)
+    assert len(after.times) == len(before.times) == report.frames == 24
+    assert check.relative_times(after.times) == check.relative_times(before.times)
+    assert check.packet_hashes(out, "audio") == check.packet_hashes(source, "audio")
+    assert report.parts == 3 and report.resumed_parts == 0
+    assert leftovers(tmp_path, {"cfr.mp4", "out.mp4"}) == []
+
+
+def test_variable_frame_rate_stays_variable(tmp_path: Path) -> None:
+    source = clips.vfr_clip(tmp_path)
+    out = tmp_path / "out.mkv"
+    run_video_job(plan(source, out, settings=LOSSLESS, part_frames=4), nearest)
+    times = check.relative_times(check.decode(out).times)
+    assert times == [t - clips.VFR_PTS[0] for t in clips.VFR_PTS]
+
+
+def test_subtitles_and_stream_languages_are_kept(tmp_path: Path) -> None:
+    source = clips.subtitle_clip(tmp_path, "mkv")
+    out = tmp_path / "out.mkv"
+    run_video_job(plan(source, out), nearest)
+    assert (
+        check.streams(out)[1:]
+        == check.streams(source)[1:]
+        == [
+            ("audio", "aac", "fra"),
+            ("subtitle", "srt", "deu"),
+        ]
+    )
+    assert check.packet_hashes(out, "subtitle") == check.packet_hashes(source, "subtitle")
+
+
+def test_rotation_is_kept(tmp_path: Path) -> None:
+    source = clips.rotated_clip(tmp_path, rotation=90)
+    out = tmp_path / "out.mp4"
+    run_video_job(plan(source, out), nearest)
+    decoded = check.decode(out)
+    assert decoded.rotation == check.decode(source).rotation == 90
+    assert (decoded.width, decoded.height) == (128, 96)  # coded size; players turn it
+
+
+def test_ten_bit_stays_ten_bit(tmp_path: Path) -> None:
+    import av
+
+    source = clips.ten_bit_clip(tmp_path)
+    out = tmp_path / "out.mkv"
+    run_video_job(plan(source, out), nearest)
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
+    assert len(check.decode(out).times) == 12
+
+
+def test_outscale_resizes_after_the_model(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=6, audio=False)
+    out = tmp_path / "out.mkv"
+    report = run_video_job(plan(source, out, outscale=1.5), nearest)
+    decoded = check.decode(out)
+    assert (decoded.width, decoded.height) == (96, 72) == (report.width, report.height)
+
+
+def test_an_odd_size_for_4_2_0_is_padded_with_a_warning(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=6, audio=False)
+    planned = plan(source, tmp_path / "out.mp4", outscale=1.1)
+    assert (planned.width, planned.height) == (70, 53)
+    assert planned.warnings == (
+        "yuv420p needs even sides: 70x53 is encoded as 70x54 "
+        "(the last row or column repeated; another --outscale avoids it)",
+    )
+
+
+def test_start_and_duration_upscale_a_window(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=24)
+    out = tmp_path / "out.mkv"
+    report = run_video_job(plan(source, out, start=0.25, duration=0.5), nearest)
+    assert report.frames == 12  # 24 fps: frames 6 to 17
+    assert len(check.decode(out).times) == 12
+
+
+def test_a_truncated_file_gives_the_frames_that_decode_and_a_warning(tmp_path: Path) -> None:
+    whole = clips.write_clip(tmp_path / "whole.mkv", frames=96, width=32, height=24, options={"g": "8"})
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) * 2 // 5])
+    out = tmp_path / "out.mkv"
+    report = run_video_job(plan(cut, out), nearest)
+    assert 0 < report.frames < 96
+    assert len(check.decode(out).times) == report.frames
+    assert [line.split(":")[0] for line in report.warnings] == ["cut.mkv"]
+    assert f"decoding stopped after {report.frames} frames" in report.warnings[0]
+
+
+def test_a_window_after_the_end_is_refused(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=6, audio=False)
+    with pytest.raises(InputError, match="--start 30"):
+        plan(source, tmp_path / "out.mkv", start=30)
+
+
+def test_interlaced_input_without_deinterlace_is_warned_about(tmp_path: Path) -> None:
+    source = shared_data("video", "fixture-raw.mts")
+    warned = plan(source, tmp_path / "out.mkv").warnings
+    assert warned == (
+        "fixture-raw.mts is interlaced; upscaling its fields as frames gives combing "
+        "(--deinterlace deinterlaces it first)",
+    )
+    assert plan(source, tmp_path / "out.mkv", deinterlace=True).warnings == ()
+
+
+def test_progress_reaches_the_total(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=24, audio=False)
+    events: list = []
+    run_video_job(plan(source, tmp_path / "out.mkv"), nearest, events=events.append, progress_interval=0)
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert [p.frames for p in progress] == sorted(p.frames for p in progress)
+    assert progress[-1].frames == progress[-1].total == 24
+    assert progress[-1].parts_done == 3
+    assert all(p.fps is None or p.fps > 0 for p in progress)
+
+
+# ---------------------------------------------------------------------------------------- resume
+
+
+def interrupted_then_resumed(tmp_path: Path, source: Path, fail_at: int) -> tuple[Path, Counting]:
+    out = tmp_path / "resumed.mkv"
+    first = Counting(fail_at=fail_at)
+    with pytest.raises(StageError) as caught:
+        run_video_job(plan(source, out, settings=LOSSLESS), first)
+    assert caught.value.stage == "infer" and caught.value.frame == fail_at
+    assert "run the same command again to resume" in caught.value.hint
+    assert not out.exists()
+    second = Counting()
+    events: list = []
+    report = run_video_job(plan(source, out, settings=LOSSLESS), second, events=events.append)
+    assert report.resumed_frames == fail_at // 8 * 8
+    assert any(isinstance(e, Note) and e.message.startswith("resuming") for e in events)
+    return out, second
+
+
+def test_resume_gives_the_same_video_as_a_clean_run(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=40)  # keyframes every 8 frames: parts of 8
+    clean = tmp_path / "clean.mkv"
+    run_video_job(plan(source, clean, settings=LOSSLESS), nearest)
+    resumed, second = interrupted_then_resumed(tmp_path, source, fail_at=21)
+    assert second.calls == 40 - 16  # the two finished parts were not upscaled again
+    a, b = check.decode(clean), check.decode(resumed)
+    assert b.hashes == a.hashes and b.times == a.times
+    assert check.packet_hashes(resumed, "audio") == check.packet_hashes(clean, "audio")
+    assert not (tmp_path / ".resumed.mkv.upscale-parts").exists()
+
+
+def test_a_failing_progress_callback_stops_the_job_and_the_parts_survive(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=24, audio=False)
+    out = tmp_path / "out.mkv"
+
+    def stop_after_first_part(event) -> None:
+        if isinstance(event, Progress) and event.parts_done == 1:
+            raise RuntimeError("stop")
+
+    with pytest.raises(StageError) as caught:
+        run_video_job(plan(source, out, settings=LOSSLESS), nearest, events=stop_after_first_part)
+    assert caught.value.stage == "encode"
+    journal = read_journal(tmp_path / ".out.mkv.upscale-parts" / "journal.json")
+    assert journal is not None and [p.frames for p in journal.parts] == [8]
+    counting = Counting()
+    report = run_video_job(plan(source, out, settings=LOSSLESS), counting)
+    assert counting.calls == 16 and report.frames == 24
+    clean = tmp_path / "clean.mkv"
+    run_video_job(plan(source, clean, settings=LOSSLESS), nearest)
+    assert check.decode(out).hashes == check.decode(clean).hashes
+
+
+def test_a_journal_for_other_settings_is_discarded(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=24, audio=False)
+    out = tmp_path / "out.mkv"
+    with pytest.raises(StageError):
+        run_video_job(plan(source, out, settings=LOSSLESS), Counting(fail_at=20))
+    events: list = []
+    counting = Counting()
+    other = plan(source, out, settings=LOSSLESS, model_key={"model": "another"})
+    report = run_video_job(other, counting, events=events.append)
+    assert counting.calls == 24 and report.resumed_frames == 0
+    assert any(isinstance(e, Note) and "other settings" in e.message for e in events)
+
+
+def test_restart_discards_a_matching_journal(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=24, audio=False)
+    out = tmp_path / "out.mkv"
+    with pytest.raises(StageError):
+        run_video_job(plan(source, out, settings=LOSSLESS), Counting(fail_at=20))
+    counting = Counting()
+    report = run_video_job(plan(source, out, settings=LOSSLESS), counting, resume=False)
+    assert counting.calls == 24 and report.resumed_frames == 0
+
+
+def test_a_source_without_timestamps_restarts_with_a_warning(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=24, audio=False)
+    out = tmp_path / "out.mkv"
+    planned = plan(source, out, settings=LOSSLESS)
+    planned = dataclasses.replace(planned, source=dataclasses.replace(planned.source, has_timestamps=False))
+    with pytest.raises(StageError):
+        run_video_job(planned, Counting(fail_at=20))
+    counting = Counting()
+    report = run_video_job(planned, counting)
+    assert counting.calls == 24
+    assert any("cannot resume" in line for line in report.warnings)
+
+
+def test_the_fingerprint_follows_the_source_and_the_settings(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=6, audio=False)
+    out = tmp_path / "out.mkv"
+    base = plan(source, out).fingerprint
+    assert plan(source, out).fingerprint == base
+    assert plan(source, out, audio=False).fingerprint == base  # the mux runs again anyway
+    assert plan(source, out, settings=EncodeSettings(crf=30)).fingerprint != base
+    assert plan(source, out, outscale=1).fingerprint != base
+    assert plan(source, out, start=0.1).fingerprint != base
+    assert plan(source, out, model_key={"model": "other"}).fingerprint != base
+    clips.cfr_clip(tmp_path, frames=7, audio=False)  # the same name, other content
+    assert plan(source, out).fingerprint != base
+
+
+def test_journal_round_trip_and_unreadable_journals(tmp_path: Path) -> None:
+    path = tmp_path / "journal.json"
+    journal = Journal("abc", [PartRecord("part-00000.mkv", 8, 0, 7)], complete=False)
+    write_journal(path, journal)
+    assert read_journal(path) == journal
+    path.write_text("{not json")
+    assert read_journal(path) is None
+    path.write_text(json.dumps({"version": 99}))
+    assert read_journal(path) is None
+
+
+# ------------------------------------------------------------------------------- refusals, failure
+
+
+def test_an_existing_output_is_not_overwritten_without_overwrite(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=6, audio=False)
+    out = tmp_path / "out.mkv"
+    out.write_bytes(b"keep me")
+    with pytest.raises(OutputError, match="already exists") as caught:
+        plan(source, out)
+    assert caught.value.hint == "--overwrite replaces it"
+    run_video_job(plan(source, out, overwrite=True), nearest)
+    assert len(check.decode(out).times) == 6
+
+
+def test_the_input_is_never_overwritten(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=6, audio=False, name="in.mkv")
+    for target in (source, tmp_path / "." / "in.mkv"):
+        with pytest.raises(OutputError, match="is the input"):
+            plan(source, target, overwrite=True)
+    link = tmp_path / "link.mkv"
+    link.symlink_to(source)
+    with pytest.raises(OutputError, match="is the input"):
+        plan(source, link, overwrite=True)
+
+
+def test_a_failure_leaves_no_file_behind(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=6, audio=False)
+    out = tmp_path / "out.mkv"
+    with pytest.raises(StageError) as caught:
+        run_video_job(plan(source, out), Counting(fail_at=2))
+    assert str(caught.value) == "infer failed at frame 2: the model gave up"
+    assert "resume" not in (caught.value.hint or "")  # nothing finished, nothing kept
+    assert leftovers(tmp_path, {"cfr.mp4"}) == []
+
+
+def test_an_interrupt_keeps_finished_parts_and_leaves_no_output(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=24, audio=False)
+    out = tmp_path / "out.mkv"
+
+    def interrupt(rgb: np.ndarray) -> np.ndarray:
+        interrupt.calls += 1
+        if interrupt.calls == 12:
+            raise KeyboardInterrupt
+        return nearest(rgb)
+
+    interrupt.calls = 0
+    with pytest.raises(KeyboardInterrupt):
+        run_video_job(plan(source, out, settings=LOSSLESS), interrupt)
+    assert leftovers(tmp_path, {"cfr.mp4"}) == [".out.mkv.upscale-parts"]
+    work = tmp_path / ".out.mkv.upscale-parts"
+    assert sorted(p.name for p in work.iterdir()) == ["journal.json", "part-00000.nut"]
+
+
+def test_a_failed_mux_leaves_no_output_and_the_next_run_only_muxes(tmp_path: Path, monkeypatch) -> None:
+    import upscaler.video_job
+
+    source = clips.cfr_clip(tmp_path, frames=12)
+    out = tmp_path / "out.mp4"
+    mux = upscaler.video_job.mux_output
+
+    def failing_mux(parts, source, destination, encoding, **options):
+        destination.write_bytes(b"half a file")
+        raise OutputError("the disk is full")
+
+    monkeypatch.setattr(upscaler.video_job, "mux_output", failing_mux)
+    with pytest.raises(OutputError) as caught:
+        run_video_job(plan(source, out), nearest)
+    assert "the same command muxes them again" in caught.value.hint
+    assert leftovers(tmp_path, {"cfr.mp4"}) == [".out.mp4.upscale-parts"]
+
+    monkeypatch.setattr(upscaler.video_job, "mux_output", mux)
+    counting = Counting()
+    report = run_video_job(plan(source, out), counting)
+    assert counting.calls == 0 and report.frames == report.resumed_frames == 12
+    assert len(check.decode(out).times) == 12
+    assert leftovers(tmp_path, {"cfr.mp4", "out.mp4"}) == []
+
+
+def test_a_file_without_video_is_refused(tmp_path: Path) -> None:
+    source = clips.audio_only_clip(tmp_path)
+    with pytest.raises(InputError, match="tone.m4a"):
+        plan(source, tmp_path / "out.mp4")
+    assert leftovers(tmp_path, {"tone.m4a"}) == []

@@ -1,0 +1,269 @@
+"""`upscale video`: upscale one video, keeping its audio, subtitles, timing and colour."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from upscaler.cli.options import build_options, model_options
+
+_CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)$")
+
+
+class Seconds(click.ParamType):
+    """Seconds (`90`, `12.5`) or a clock time (`1:30`, `0:01:30.5`)."""
+
+    name = "SECONDS|[H:]M:S"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        clock = _CLOCK.match(text)
+        try:
+            if clock:
+                hours, minutes, seconds = clock.groups()
+                return int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
+            return float(text)
+        except ValueError:
+            pass
+        self.fail(f"expected seconds (12.5) or a time ([H:]M:S), got {value!r}", param, ctx)
+
+
+class KeyValue(click.ParamType):
+    """KEY=VALUE, handed to the encoder as it is."""
+
+    name = "KEY=VALUE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        key, sep, text = str(value).partition("=")
+        if not sep or not key.strip():
+            self.fail(f"expected KEY=VALUE, e.g. tune=film (got {value!r})", param, ctx)
+        return (key.strip(), text)
+
+
+@click.command()
+@click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("destination", metavar="OUTPUT", type=click.Path(path_type=Path))
+@model_options
+@click.option(
+    "--outscale", type=click.FloatRange(min=0, min_open=True), help="Final scale, resized after the model."
+)
+@click.option(
+    "--codec",
+    help="Video encoder, e.g. libx264, libx265, libvpx-vp9, ffv1 (default: by the output's container).",
+)
+@click.option(
+    "--crf",
+    type=click.IntRange(min=0),
+    help="Constant quality, lower is better (default: 18 for libx264, 20 for libx265, 30 for VP9 and AV1).",
+)
+@click.option("--preset", help="Encoder speed preset, e.g. slow, medium (the default), veryfast.")
+@click.option("--pix-fmt", help="Output pixel format (default: from the codec and the source's bit depth).")
+@click.option(
+    "--encoder-option",
+    "encoder_options",
+    type=KeyValue(),
+    multiple=True,
+    help="An option for the encoder, KEY=VALUE (repeatable), e.g. tune=film or x264-params=aq-mode=3.",
+)
+@click.option("--start", type=Seconds(), help="Start this far into the video (seconds or [H:]M:S).")
+@click.option("--duration", type=Seconds(), help="Upscale only this long (seconds or [H:]M:S); for previews.")
+@click.option("--no-audio", is_flag=True, help="Leave the audio streams out.")
+@click.option("--deinterlace", is_flag=True, help="Deinterlace interlaced video first (FFmpeg's bwdif).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (never the input).")
+@click.option(
+    "--resume/--restart",
+    default=True,
+    show_default=True,
+    help="Go on from the finished parts of an earlier run with the same settings, or start again.",
+)
+@click.option(
+    "--part-frames",
+    type=click.IntRange(min=1),
+    default=250,
+    show_default=True,
+    help="Frames per resumable part (a part ends at the first keyframe after that many).",
+)
+@click.option(
+    "--progress",
+    type=click.Choice(["bar", "json", "none"]),
+    default="bar",
+    show_default=True,
+    help="A progress bar on stderr, one JSON line per update on stdout, or nothing.",
+)
+def video(
+    source,
+    destination,
+    model,
+    backend,
+    device,
+    precision,
+    threads,
+    tile_size,
+    tile_overlap,
+    batch_size,
+    memory_budget,
+    outscale,
+    codec,
+    crf,
+    preset,
+    pix_fmt,
+    encoder_options,
+    start,
+    duration,
+    no_audio,
+    deinterlace,
+    overwrite,
+    resume,
+    part_frames,
+    progress,
+) -> None:
+    """Upscale the video INPUT into OUTPUT (its container comes from the extension).
+
+    Audio and subtitles are copied (or converted when OUTPUT's container cannot hold them), every frame
+    keeps its timestamp, colour tags and rotation are kept. Work is saved in parts beside OUTPUT: if the
+    run stops, the same command goes on where it stopped.
+    """
+    from upscaler.backend import get_backend
+    from upscaler.encoding import EncodeSettings
+    from upscaler.models import load_model
+    from upscaler.upscaling import open_upscaler
+    from upscaler.video_job import plan_video_job, run_video_job
+
+    backend_options, tile_options = build_options(
+        device, precision, threads, tile_size, tile_overlap, batch_size, memory_budget
+    )
+    loaded = load_model(model)
+    backend_name = get_backend(backend).name
+    # What about the model and its running changes the pixels, so a journal made otherwise is not reused.
+    model_key = {
+        "digest": loaded.digest,
+        "backend": backend_name,
+        "device": device,
+        "precision": precision,
+        "tile_size": tile_size,
+        "tile_overlap": tile_overlap,
+        "memory_budget": memory_budget if tile_size is None else None,
+    }
+    settings = EncodeSettings(
+        codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, options=tuple(encoder_options)
+    )
+    plan = plan_video_job(
+        source,
+        destination,
+        scale=loaded.info.scale,
+        model_key=model_key,
+        settings=settings,
+        outscale=outscale,
+        start=start,
+        duration=duration,
+        audio=not no_audio,
+        deinterlace=deinterlace,
+        overwrite=overwrite,
+        part_frames=part_frames,
+    )
+    info = plan.source
+    show = _Display(progress)
+    try:
+        with open_upscaler(loaded, backend, backend_options, tile_options) as upscaler:
+            click.echo(
+                f"{upscaler.description}; {info.path.name} {info.width}x{info.height} -> "
+                f"{plan.width}x{plan.height}, {plan.encoding.describe()}",
+                err=True,
+            )
+            report = run_video_job(plan, upscaler.upscale, resume=resume, events=show)
+    except KeyboardInterrupt:
+        show.close()
+        kept = f"; finished parts are kept in {plan.work_dir}, run the same command to resume"
+        click.echo(f"Interrupted{kept if plan.work_dir.exists() else ''}.", err=True)
+        sys.exit(130)
+    finally:
+        show.close()
+    rate = report.frames - report.resumed_frames
+    speed = f", {rate / report.seconds:.2f} fps" if report.seconds > 0 and rate else ""
+    resumed = f" ({report.resumed_frames} resumed)" if report.resumed_frames else ""
+    click.echo(
+        f"wrote {report.destination}: {report.frames} frames{resumed}, {report.width}x{report.height}, "
+        f"{report.seconds:.1f} s{speed}",
+        err=True,
+    )
+    if progress == "json":
+        _json_line(
+            {
+                "event": "done",
+                "output": str(report.destination),
+                "frames": report.frames,
+                "parts": report.parts,
+                "resumed_frames": report.resumed_frames,
+                "width": report.width,
+                "height": report.height,
+                "seconds": round(report.seconds, 3),
+                "warnings": report.warnings,
+            }
+        )
+
+
+class _Display:
+    """Shows the job's events: notes and warnings on stderr, progress as a bar or JSON lines."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        from upscaler.video_job import Note
+
+        if isinstance(event, Note):
+            line = f"Warning: {event.message}" if event.warning else event.message
+            if self.bar is not None:
+                self.bar.write(line, file=sys.stderr)
+            else:
+                click.echo(line, err=True)
+            return
+        if self.mode == "json":
+            _json_line(
+                {
+                    "event": "progress",
+                    "frames": event.frames,
+                    "total": event.total,
+                    "fps": None if event.fps is None else round(event.fps, 3),
+                    "eta": None if event.eta is None else round(event.eta, 1),
+                    "part": event.part,
+                    "parts_done": event.parts_done,
+                    "resumed": event.resumed,
+                    "elapsed": round(event.elapsed, 3),
+                }
+            )
+        elif self.mode == "bar":
+            self._bar_update(event)
+
+    def _bar_update(self, event) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            # tqdm shows frames, fps and, once it knows a total, the ETA; without one, count and rate.
+            # Frames finished by an earlier run count as done but not into the rate.
+            self.bar = tqdm(
+                total=event.total, initial=event.resumed, unit="frame", file=sys.stderr, dynamic_ncols=True
+            )
+        if event.total is not None and self.bar.total != max(event.total, event.frames):
+            self.bar.total = max(event.total, event.frames)
+        if event.frames > self.bar.n:
+            self.bar.update(event.frames - self.bar.n)
+        self.bar.set_postfix_str(f"part {event.part}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _json_line(data: dict) -> None:
+    click.echo(json.dumps(data))

@@ -24,8 +24,13 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "upscaler.backends"
 
-# `--backend auto` takes the first of these that can run here, then any other available plugin.
+# `--backend auto` takes the first of these that can run here, then any other available plugin:
+# TensorRT (it can run only with a CUDA GPU and tensorrt installed), then torch (on CUDA where there is
+# a GPU, else the CPU), then onnxruntime. On the CPU torch was faster than onnxruntime for both the
+# compact and the RRDB model, in fp32 and (torch only) bf16, see BENCHMARKS.md, so torch comes first.
 AUTO_PREFERENCE = ("tensorrt", "torch", "onnxruntime")
+# Backends that run only on CUDA, which auto passes over when --device asks for the CPU or MPS.
+CUDA_ONLY = frozenset({"tensorrt"})
 
 
 @runtime_checkable
@@ -94,20 +99,34 @@ def discover_backends() -> dict[str, BackendStatus]:
     return found
 
 
-def get_backend(name: str) -> Backend:
-    """The backend called `name`, or the best available one for "auto"."""
+def get_backend(name: str, options: BackendOptions | None = None) -> Backend:
+    """The backend called `name`, or the best available one for "auto".
+
+    With `options`, auto also passes over backends that cannot serve them (a CUDA-only backend when
+    the device is the CPU or MPS). The backend returned is the real one, so its `name` tells the user
+    what auto picked.
+    """
     statuses = discover_backends()
     if name == "auto":
-        order = [n for n in AUTO_PREFERENCE if n in statuses] + sorted(set(statuses) - set(AUTO_PREFERENCE))
-        for candidate in order:
-            status = statuses[candidate]
-            if status.available and status.backend is not None:
-                return status.backend
-        raise BackendError("no backend can run here", hint="run `upscale backends` to see why")
+        return choose_backend(statuses, options)
     status = statuses.get(name)
     if status is None:
         known = ", ".join(sorted(statuses)) or "none"
-        raise BackendError(f"unknown backend {name!r}; known: {known}")
+        raise BackendError(f"unknown backend {name!r}; known: auto, {known}")
     if status.problem is not None or status.backend is None:
         raise BackendError(f"backend {name!r} cannot run here: {status.problem}")
     return status.backend
+
+
+def choose_backend(statuses: dict[str, BackendStatus], options: BackendOptions | None = None) -> Backend:
+    """What `--backend auto` runs: the first of AUTO_PREFERENCE that can run here, then other plugins."""
+    order = [n for n in AUTO_PREFERENCE if n in statuses] + sorted(set(statuses) - set(AUTO_PREFERENCE))
+    device = options.device if options is not None else "auto"
+    for candidate in order:
+        status = statuses[candidate]
+        if not status.available or status.backend is None:
+            continue
+        if candidate in CUDA_ONLY and not (device == "auto" or device.startswith("cuda")):
+            continue
+        return status.backend
+    raise BackendError("no backend can run here", hint="run `upscale backends` to see why")

@@ -16,9 +16,14 @@ from upscaler.errors import UpscaleError
 
 # Command name -> "module:attribute". The order here is the order of `upscale --help`.
 COMMANDS = {
+    "video": "upscaler.cli.video:video",
     "images": "upscaler.cli.images:images",
+    "eval": "upscaler.cli.eval:eval_command",
+    "train": "upscaler.cli.train:train",
     "models": "upscaler.cli.info:models",
     "backends": "upscaler.cli.info:backends",
+    "export-onnx": "upscaler.cli.export:export_onnx",
+    "build-engine": "upscaler.cli.export:build_engine",
 }
 
 

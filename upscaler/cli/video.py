@@ -141,7 +141,7 @@ def video(
         device, precision, threads, tile_size, tile_overlap, batch_size, memory_budget
     )
     loaded = load_model(model)
-    backend_name = get_backend(backend).name
+    backend_name = get_backend(backend, backend_options).name
     # What about the model and its running changes the pixels, so a journal made otherwise is not reused.
     model_key = {
         "digest": loaded.digest,

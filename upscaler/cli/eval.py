@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import build_options, model_options, print_table
+from upscaler.cli.options import ModelRun, model_options, print_table
 
 
 @click.command(name="eval")
@@ -32,15 +32,7 @@ def eval_command(
     scale,
     as_json,
     bicubic_only,
-    model,
-    backend,
-    device,
-    precision,
-    threads,
-    tile_size,
-    tile_overlap,
-    batch_size,
-    memory_budget,
+    run: ModelRun,
 ) -> None:
     """Measure a model's PSNR and SSIM on a benchmark set, beside bicubic.
 
@@ -59,10 +51,7 @@ def eval_command(
         report = evaluate_pairs(None, _arrays(evaluation), evaluation.scale, _names(evaluation))
         described = "bicubic only"
     else:
-        backend_options, tile_options = build_options(
-            device, precision, threads, tile_size, tile_overlap, batch_size, memory_budget
-        )
-        with open_upscaler(model, backend, backend_options, tile_options) as upscaler:
+        with open_upscaler(run.model, run.backend, run.backend_options, run.tile_options) as upscaler:
             if scale is not None and scale != upscaler.scale:
                 raise InputError(
                     f"--scale: {scale} does not match model '{upscaler.model_name}', "
@@ -82,7 +71,7 @@ def eval_command(
         document = report.to_dict()
         document["data"] = str(data)
         document["lr_source"] = evaluation.lr_source
-        document["model"] = None if bicubic_only else model
+        document["model"] = None if bicubic_only else run.model
         click.echo(json.dumps(document, indent=2, allow_nan=False))
         return
     header = ("image", "bicubic psnr", "bicubic ssim")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import build_options, model_options
+from upscaler.cli.options import ModelRun, model_options
 
 
 @click.command()
@@ -37,15 +37,7 @@ from upscaler.cli.options import build_options, model_options
 def images(
     inputs,
     output_dir,
-    model,
-    backend,
-    device,
-    precision,
-    threads,
-    tile_size,
-    tile_overlap,
-    batch_size,
-    memory_budget,
+    run: ModelRun,
     outscale,
     suffix,
     fmt,
@@ -63,12 +55,9 @@ def images(
 
     if skip_existing and overwrite:
         raise click.UsageError("--skip-existing and --overwrite exclude each other")
-    backend_options, tile_options = build_options(
-        device, precision, threads, tile_size, tile_overlap, batch_size, memory_budget
-    )
     # Outputs inside an input folder must not become inputs of the next run.
     found = find_images(list(inputs), pattern, exclude=[output_dir] if output_dir else [])
-    with open_upscaler(model, backend, backend_options, tile_options) as upscaler:
+    with open_upscaler(run.model, run.backend, run.backend_options, run.tile_options) as upscaler:
         scale = upscaler.scale
         plan = plan_outputs(
             found,

@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from upscaler.options import BackendOptions, TileOptions
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """What `--model` and the options beside it chose: the model, the backend and how to run it."""
+
+    model: str
+    backend: str
+    backend_options: BackendOptions
+    tile_options: TileOptions
 
 
 class TileSize(click.ParamType):
@@ -25,7 +42,40 @@ class TileSize(click.ParamType):
 
 
 def model_options(func):
-    """The options every command that runs a model shares."""
+    """The options every command that runs a model shares, handed to it as one `run: ModelRun`."""
+
+    @functools.wraps(func)
+    def command(
+        *args,
+        model,
+        backend,
+        device,
+        precision,
+        threads,
+        tile_size,
+        tile_overlap,
+        batch_size,
+        memory_budget,
+        **kwargs,
+    ):
+        from upscaler.options import BackendOptions, TileOptions
+        from upscaler.values import Precision
+
+        run = ModelRun(
+            model=model,
+            backend=backend,
+            backend_options=BackendOptions(
+                device=device, precision=Precision.parse(precision), threads=threads
+            ),
+            tile_options=TileOptions(
+                tile_size=tile_size,
+                overlap=tile_overlap,
+                batch_size=batch_size,
+                memory_budget=int(memory_budget * 1024**3),
+            ),
+        )
+        return func(*args, run=run, **kwargs)
+
     options = [
         click.option(
             "--model",
@@ -73,22 +123,8 @@ def model_options(func):
         ),
     ]
     for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def build_options(device, precision, threads, tile_size, tile_overlap, batch_size, memory_budget):
-    from upscaler.options import BackendOptions, TileOptions
-    from upscaler.values import Precision
-
-    backend_options = BackendOptions(device=device, precision=Precision.parse(precision), threads=threads)
-    tile_options = TileOptions(
-        tile_size=tile_size,
-        overlap=tile_overlap,
-        batch_size=batch_size,
-        memory_budget=int(memory_budget * 1024**3),
-    )
-    return backend_options, tile_options
+        command = option(command)
+    return command
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:

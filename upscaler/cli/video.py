@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import build_options, model_options
+from upscaler.cli.options import ModelRun, model_options
 
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)$")
 
@@ -101,15 +101,7 @@ class KeyValue(click.ParamType):
 def video(
     source,
     destination,
-    model,
-    backend,
-    device,
-    precision,
-    threads,
-    tile_size,
-    tile_overlap,
-    batch_size,
-    memory_budget,
+    run: ModelRun,
     outscale,
     codec,
     crf,
@@ -137,20 +129,18 @@ def video(
     from upscaler.upscaling import open_upscaler
     from upscaler.video_job import plan_video_job, run_video_job
 
-    backend_options, tile_options = build_options(
-        device, precision, threads, tile_size, tile_overlap, batch_size, memory_budget
-    )
-    loaded = load_model(model)
-    backend_name = get_backend(backend, backend_options).name
+    loaded = load_model(run.model)
+    backend_name = get_backend(run.backend, run.backend_options).name
     # What about the model and its running changes the pixels, so a journal made otherwise is not reused.
+    tiles = run.tile_options
     model_key = {
         "digest": loaded.digest,
         "backend": backend_name,
-        "device": device,
-        "precision": precision,
-        "tile_size": tile_size,
-        "tile_overlap": tile_overlap,
-        "memory_budget": memory_budget if tile_size is None else None,
+        "device": run.backend_options.device,
+        "precision": run.backend_options.precision.value,
+        "tile_size": tiles.tile_size,
+        "tile_overlap": tiles.overlap,
+        "memory_budget": tiles.memory_budget if tiles.tile_size is None else None,
     }
     settings = EncodeSettings(
         codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, options=tuple(encoder_options)
@@ -172,7 +162,7 @@ def video(
     info = plan.source
     show = _Display(progress)
     try:
-        with open_upscaler(loaded, backend, backend_options, tile_options) as upscaler:
+        with open_upscaler(loaded, run.backend, run.backend_options, run.tile_options) as upscaler:
             click.echo(
                 f"{upscaler.description}; {info.path.name} {info.width}x{info.height} -> "
                 f"{plan.width}x{plan.height}, {plan.encoding.describe()}",

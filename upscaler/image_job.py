@@ -7,10 +7,11 @@
 `upscale` is the model through tiling, given by the caller: it takes a float32 H x W x 3 RGB array in
 [0, 1] and returns the (H * scale) x (W * scale) x 3 result. This module never imports torch.
 
-Decoding and encoding overlap with inference: one reader thread and one writer thread, joined to the
-caller's thread (which runs `upscale`) by small bounded queues. A file that cannot be read, upscaled
-(an `UpscaleError` from `upscale`) or written is recorded in the report and the others go on; any other
-exception stops every thread and is raised in the caller's thread.
+Decoding and encoding overlap with inference: `upscaler.pipeline.run_pipeline` reads on one thread and
+writes on another, joined to the caller's thread (which runs `upscale`) by small bounded queues. A file
+that cannot be read, upscaled (an `UpscaleError` from `upscale`) or written is recorded in the report and
+the others go on; any other exception stops every thread and is raised, as it came, in the caller's
+thread.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-import queue
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,12 +37,12 @@ from upscaler.images import (
     read_image,
     write_image,
 )
+from upscaler.pipeline import StageError, StageNames, run_pipeline
 
 Upscale = Callable[[np.ndarray], np.ndarray]
 
 _QUEUE_SIZE = 2
-# How often a thread blocked on a queue looks whether the job was stopped.
-_POLL_SECONDS = 0.05
+_STAGE_NAMES = StageNames(decode="read", infer="upscale", encode="write")
 
 
 @dataclass(frozen=True)
@@ -306,24 +305,16 @@ def _round_half_up(value: float) -> int:
 
 
 # ------------------------------------------------------------------------------------------- stages
-# Each stage is a generator over typed items, so it can be tested without threads.
+# The three stages `run_pipeline` joins, each testable without threads. A file that cannot be read,
+# upscaled or written travels on as a `_Failed` value and the job goes on; only a bug fails a stage.
 
 
 @dataclass(frozen=True)
-class _Decoded:
+class _Image:
+    """A file's picture on its way through the stages: as read, then as upscaled."""
+
     task: ImageTask
     picture: Picture
-
-
-@dataclass(frozen=True)
-class _Upscaled:
-    task: ImageTask
-    picture: Picture
-
-
-@dataclass(frozen=True)
-class _Written:
-    task: ImageTask
 
 
 @dataclass(frozen=True)
@@ -334,94 +325,42 @@ class _Failed:
     message: str
 
 
-@dataclass(frozen=True)
-class _End:
-    """No more items will come."""
-
-
-@dataclass(frozen=True)
-class _Crashed:
-    """The producing thread died of an unexpected exception; the consumer re-raises it."""
-
-    error: BaseException
-
-
-def _read_stage(tasks: Iterable[ImageTask]) -> Iterator[_Decoded | _Failed]:
+def _read_stage(tasks: Iterable[ImageTask]) -> Iterator[_Image | _Failed]:
     for task in tasks:
         try:
             picture = read_image(task.source)
         except UpscaleError as error:
             yield _Failed(task, str(error))
         else:
-            yield _Decoded(task, picture)
+            yield _Image(task, picture)
 
 
-def _upscale_stage(
-    items: Iterable[_Decoded | _Failed], upscale: Upscale, scale: float, outscale: float | None
-) -> Iterator[_Upscaled | _Failed]:
-    for item in items:
-        if isinstance(item, _Failed):
-            yield item
-            continue
+def _upscale_item(
+    item: _Image | _Failed, upscale: Upscale, scale: float, outscale: float | None
+) -> _Image | _Failed:
+    if isinstance(item, _Failed):
+        return item
+    try:
+        picture = upscale_picture(item.picture, upscale, scale=scale, outscale=outscale)
+    except UpscaleError as error:
+        return _Failed(item.task, f"cannot upscale {item.task.source}: {error}")
+    return _Image(item.task, picture)
+
+
+def _write_item(item: _Image | _Failed, options: EncodeOptions) -> _Failed | None:
+    """Write an upscaled picture to its target; None when written, else why not."""
+    if isinstance(item, _Failed):
+        return item
+    target = item.task.target
+    try:
         try:
-            picture = upscale_picture(item.picture, upscale, scale=scale, outscale=outscale)
-        except UpscaleError as error:
-            yield _Failed(item.task, f"cannot upscale {item.task.source}: {error}")
-        else:
-            yield _Upscaled(item.task, picture)
-
-
-def _write_stage(
-    items: Iterable[_Upscaled | _Failed], options: EncodeOptions
-) -> Iterator[_Written | _Failed]:
-    for item in items:
-        if isinstance(item, _Failed):
-            yield item
-            continue
-        target = item.task.target
-        try:
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise OutputError(
-                    f"cannot create folder {target.parent}: {error.strerror or error}"
-                ) from None
-            write_image(target, item.picture, options)
-        except UpscaleError as error:
-            yield _Failed(item.task, str(error))
-        else:
-            yield _Written(item.task)
-
-
-class _Pipe:
-    """A bounded queue between two threads whose waits give up once the job is stopped."""
-
-    def __init__(self, stop: threading.Event) -> None:
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=_QUEUE_SIZE)
-        self._stop = stop
-
-    def put(self, item: object) -> bool:
-        """False when the job stopped before there was room."""
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=_POLL_SECONDS)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def items(self) -> Iterator:
-        """The items until the end, re-raising a producer's crash; stops early if the job stops."""
-        while not self._stop.is_set():
-            try:
-                item = self._queue.get(timeout=_POLL_SECONDS)
-            except queue.Empty:
-                continue
-            if isinstance(item, _End):
-                return
-            if isinstance(item, _Crashed):
-                raise item.error
-            yield item
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"cannot create folder {target.parent}: {error.strerror or error}") from None
+        write_image(target, item.picture, options)
+    except UpscaleError as error:
+        return _Failed(item.task, str(error))
+    return None
 
 
 # ------------------------------------------------------------------------------------------- runner
@@ -449,50 +388,30 @@ def run_image_job(
     if not plan.tasks:
         return report
 
-    stop = threading.Event()
-    decoded = _Pipe(stop)
-    upscaled = _Pipe(stop)
-    writer_crash: list[BaseException] = []
     bar = tqdm(total=len(plan.tasks), unit="image", file=sys.stderr, disable=not progress)
 
-    def read() -> None:
-        try:
-            for item in _read_stage(plan.tasks):
-                if not decoded.put(item):
-                    return
-            decoded.put(_End())
-        except BaseException as error:  # handed to the caller's thread, which raises it
-            decoded.put(_Crashed(error))
+    def write(items: Iterator[_Image | _Failed]) -> JobReport:
+        for item in items:
+            failed = _write_item(item, options)
+            if failed is None:
+                report.written.append(item.task.target)
+            else:
+                report.failed.append((failed.task.source, failed.message))
+                bar.set_postfix(failed=len(report.failed) - len(plan.refused), refresh=False)
+            bar.update(1)
+        return report
 
-    def write() -> None:
-        try:
-            for outcome in _write_stage(upscaled.items(), options):
-                if isinstance(outcome, _Written):
-                    report.written.append(outcome.task.target)
-                else:
-                    report.failed.append((outcome.task.source, outcome.message))
-                    bar.set_postfix(failed=len(report.failed) - len(plan.refused), refresh=False)
-                bar.update(1)
-        except BaseException as error:  # raised by the caller's thread once it notices the stop
-            writer_crash.append(error)
-            stop.set()
-
-    reader = threading.Thread(target=read, name="upscale-images-read", daemon=True)
-    writer = threading.Thread(target=write, name="upscale-images-write", daemon=True)
-    reader.start()
-    writer.start()
     try:
-        for item in _upscale_stage(decoded.items(), upscale, scale, outscale):
-            if not upscaled.put(item):
-                break
-        upscaled.put(_End())
-        # Only here, on the way out without an exception, is the writer let finish what is queued.
-        writer.join()
+        return run_pipeline(
+            _read_stage(plan.tasks),
+            lambda item: _upscale_item(item, upscale, scale, outscale),
+            write,
+            queue_size=_QUEUE_SIZE,
+            names=_STAGE_NAMES,
+        )
+    except StageError as failure:
+        # Per-file problems never fail a stage, so this is a bug: raised as it came, not as a StageError.
+        crash = failure.error
     finally:
-        stop.set()
-        reader.join()
-        writer.join()
         bar.close()
-    if writer_crash:
-        raise writer_crash[0]
-    return report
+    raise crash

@@ -23,7 +23,7 @@ from upscaler.image_job import (
     scale_suffix,
     upscale_picture,
 )
-from upscaler.images import Picture
+from upscaler.images import Picture, read_image
 
 EDGE_CASES = SHARED_DATA / "images" / "edge-cases"
 
@@ -74,11 +74,12 @@ def run_guarded(action: Callable[[], object], timeout: float = 30) -> BaseExcept
         except BaseException as error:
             raised.append(error)
 
+    before = set(threading.enumerate())
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     thread.join(timeout)
     assert not thread.is_alive(), "the job hung"
-    alive = [t.name for t in threading.enumerate() if t.name.startswith("upscale-images-")]
+    alive = [t.name for t in threading.enumerate() if t not in before and t is not thread and t.is_alive()]
     assert alive == [], f"job threads still running: {alive}"
     return raised[0] if raised else None
 
@@ -378,6 +379,48 @@ def test_keyboard_interrupt_in_the_model_propagates(tmp_path: Path) -> None:
     assert not any(p.name.endswith(".part") for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("where", ["writer", "interrupt"])
+def test_a_stop_downstream_stops_the_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    for index in range(16):
+        make(tmp_path / f"{index:02}.png")
+    reads: list[Path] = []
+
+    def counting_read(path: Path) -> Picture:
+        reads.append(path)
+        return read_image(path)
+
+    def interrupted(pixels: np.ndarray) -> np.ndarray:
+        raise KeyboardInterrupt
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("bug in the writer")
+
+    monkeypatch.setattr(image_job, "read_image", counting_read)
+    if where == "writer":
+        monkeypatch.setattr(image_job, "write_image", broken)
+    raised = run_guarded(lambda: job([tmp_path], interrupted if where == "interrupt" else nearest4))
+    assert isinstance(raised, KeyboardInterrupt if where == "interrupt" else RuntimeError)
+    # Bounded queues: the reader is at most a few files ahead of the stage that stopped.
+    assert len(reads) < 16
+    assert not any(p.name.endswith((".part", "_x4.png")) for p in tmp_path.iterdir())
+
+
+def test_the_model_runs_in_the_calling_thread(tmp_path: Path) -> None:
+    for index in range(3):
+        make(tmp_path / f"{index}.png")
+    threads: set[threading.Thread] = set()
+
+    def recording(pixels: np.ndarray) -> np.ndarray:
+        threads.add(threading.current_thread())
+        return nearest4(pixels)
+
+    report = job([tmp_path], recording)
+    assert len(report.written) == 3
+    assert threads == {threading.current_thread()}
+
+
 def test_bad_outscale_is_an_input_error(tmp_path: Path) -> None:
     plan = OutputPlan(tasks=[ImageTask(tmp_path / "a.png", tmp_path / "b.png")])
     with pytest.raises(InputError, match="outscale"):
@@ -401,6 +444,16 @@ def test_progress_goes_to_stderr_only(tmp_path: Path, capsys: pytest.CaptureFixt
     make(tmp_path / "b.png")
     run_image_job(plan_outputs(find_images([tmp_path / "b.png"]), suffix="_x4"), nearest4, scale=4)
     assert capsys.readouterr() == ("", "")
+
+
+def test_progress_counts_files_that_failed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"garbage")
+    plan = plan_outputs(find_images([tmp_path]), suffix="_x4")
+    report = run_image_job(plan, nearest4, scale=4, progress=True)
+    assert len(report.written) == 1 and len(report.failed) == 1
+    err = capsys.readouterr().err
+    assert "2/2" in err and "failed=1" in err
 
 
 # ------------------------------------------------------------------------------------ real images

@@ -50,8 +50,8 @@ from upscaler.export import (
     OUTPUT_NAME,
     cached_onnx,
     default_cache_dir,
-    write_bytes_atomic,
 )
+from upscaler.files import write_bytes_atomically
 from upscaler.options import TileOptions
 from upscaler.values import Precision
 
@@ -201,7 +201,7 @@ class TensorRTBackend:
                 plan = build_serialized_engine(
                     export.path, precision, profile, self.timing_cache_path(key), workspace
                 )
-                write_bytes_atomic(path, plan)
+                write_bytes_atomically(path, plan)
                 write_sidecar(
                     path,
                     key,
@@ -219,8 +219,8 @@ class TensorRTBackend:
         copied = None
         if output is not None:
             output = Path(output)
-            write_bytes_atomic(output, path.read_bytes())
-            write_bytes_atomic(sidecar_path(output), sidecar_path(path).read_bytes())
+            write_bytes_atomically(output, path.read_bytes())
+            write_bytes_atomically(sidecar_path(output), sidecar_path(path).read_bytes())
             copied = output
         return EngineBuild(
             path=path,
@@ -336,7 +336,7 @@ def build_serialized_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BackendError(f"TensorRT could not build an engine from {onnx_path.name}: {logger.recent()}")
-    write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
+    write_bytes_atomically(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
 
 

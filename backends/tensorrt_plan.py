@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from upscaler.errors import BackendError, UpscaleError
-from upscaler.export import write_bytes_atomic
+from upscaler.files import write_bytes_atomically
 from upscaler.values import SizeRequirement
 
 Shape = tuple[int, int, int, int]
@@ -209,7 +209,7 @@ def write_sidecar(engine: Path, key: EngineKey, details: dict) -> Path:
     """Write the JSON that says what `engine` was built from (atomically, like the engine)."""
     data = {"format": SIDECAR_FORMAT, "key": key.fields(), "key_digest": key.digest(), **details}
     data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    return write_bytes_atomic(
+    return write_bytes_atomically(
         sidecar_path(engine), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
     )
 

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "upscaler.errors": 1,
     "upscaler.values": 1,
+    "upscaler.files": 1,
     "upscaler.tiling": 2,
     "upscaler.metrics": 2,
     "upscaler.resampling": 5,

@@ -8,10 +8,8 @@ of logged values the plots are drawn from.
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 
 from upscaler.errors import InputError, OutputError
+from upscaler.files import write_atomically
 
 _NAME = re.compile(r"iter_(\d+)\.pt")
 
@@ -86,19 +85,10 @@ def save_checkpoint(run_dir: Path, iteration: int, state: dict[str, Any], keep: 
     path = folder / f"iter_{iteration:08d}.pt"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
     except OSError as exc:
         raise OutputError(f"cannot write a checkpoint in {folder}: {exc.strerror or exc}") from exc
-    try:
+    with write_atomically(path) as temporary:
         torch.save(state, temporary)
-        os.replace(temporary, path)
-    except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
-        raise OutputError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

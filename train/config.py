@@ -12,9 +12,11 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib import resources
@@ -270,6 +272,8 @@ def _convert(value: Any, kind: Any, key: str) -> Any:
         return dict(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number (got {value})")
     if kind is int and isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)  # 1e6 in a file means a million iterations
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
@@ -306,19 +310,36 @@ def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
         raise ConfigError(f"{key}: must be one of {', '.join(choices)} (got {value!r})")
 
 
+# Model config sizes that must not be 0 (counts of blocks and convs may be).
+_POSITIVE_MODEL_KEYS = ("num_feat", "num_grow_ch", "num_in_ch", "num_out_ch", "scale", "upscale")
+
+
 @functools.lru_cache(maxsize=32)
 def _model_problem(arch: str, config_json: str) -> str | None:
-    """Why the generator cannot be built with this config (built on the meta device: no memory), or None."""
+    """Why the generator cannot be built or run with this config (on the meta device: no memory), or None."""
     import torch
 
     from upscaler.errors import ModelError
-    from upscaler.models import build_model
+    from upscaler.models import build_model, get_architecture
 
+    config = json.loads(config_json)
+    for name, value in config.items():
+        counted = isinstance(value, int) and not isinstance(value, bool)
+        if counted and (value < 0 or (value == 0 and name in _POSITIVE_MODEL_KEYS)):
+            wanted = "positive" if name in _POSITIVE_MODEL_KEYS else "zero or more"
+            return f"model.config.{name}: must be {wanted} (got {value})"
     try:
-        with torch.device("meta"):
-            build_model(arch, json.loads(config_json))
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = build_model(arch, config)
+            # A forward pass on meta tensors costs nothing and finds configs that build but cannot
+            # run, which would otherwise fail at the first iteration.
+            side = 16 * get_architecture(arch).multiple_of(config)
+            net(torch.empty(1, config.get("num_in_ch", 3), side, side))
     except ModelError as exc:
-        return exc.message
+        return f"model.config: {exc.message}"
+    except (RuntimeError, ValueError, TypeError) as exc:
+        return f"model.config: a {arch} network with config {config} cannot run: {exc}"
     return None
 
 
@@ -360,7 +381,7 @@ def check(table: Mapping[str, Any]) -> Recipe:
     )
     problem = _model_problem(arch, json.dumps(model.config, sort_keys=True))
     if problem:
-        raise ConfigError(f"model.config: {problem}")
+        raise ConfigError(problem)
 
     data = _section(DataConfig, table["data"], "data")
     run = _section(RunConfig, table["train"], "train")

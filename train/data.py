@@ -30,8 +30,6 @@ from upscaler.resampling import bicubic_resize
 
 # How many file names an error or warning shows before "and N more".
 _SHOWN = 8
-# SSIM's Gaussian window (upscaler.metrics): a validation image must be at least this big after the border.
-SSIM_WINDOW = 11
 
 
 def find_images(folder: Path) -> list[Path]:
@@ -316,42 +314,27 @@ class ValidationImage:
     bicubic: np.ndarray
 
 
-def load_validation(folder: Path, scale: int, multiple: int = 1) -> list[ValidationImage]:
+def load_validation(folder: Path, scale: int) -> list[ValidationImage]:
     """A set folder with `HR/` and `LR_x<scale>/` side by side, or a folder of HR images.
 
-    HR is cropped to a multiple of `scale * multiple` (and its LR with it) so that the model takes it.
+    Read by `upscale eval`'s own loader (`upscaler.evaluation.load_eval_set`): the same pairing, the same
+    LR where there are no LR files, the same crop to a multiple of `scale` and the same refusals (a set
+    with only other scales' LR, an image too small to measure), so that the figures in the model card
+    are the figures `upscale eval` gives on the same folder. A model that needs a larger multiple gets
+    its input padded (see `train.loop`).
     """
-    folder = Path(folder)
-    hr_dir, lq_dir = folder / "HR", folder / f"LR_x{scale}"
-    if hr_dir.is_dir() and lq_dir.is_dir():
-        pairs = _paired_files(lq_dir, hr_dir, scale)
-    else:
-        pairs = [(path, None) for path in find_images(folder)]
-    if not pairs:
-        raise InputError(f"no validation images in {folder}", hint="pass --val with a folder of HR images")
-    images, unreadable = [], []
-    for hr_path, lq_path in pairs:
-        try:
-            hr = mod_crop(decode(hr_path), scale * multiple)
-            lq = downscale(hr, scale) if lq_path is None else decode(lq_path)
-        except InputError:
-            unreadable.append(hr_path if lq_path is None else f"{hr_path} or {lq_path}")
-            continue
-        lq = lq[: hr.shape[0] // scale, : hr.shape[1] // scale]
-        if lq.shape[0] * scale != hr.shape[0] or lq.shape[1] * scale != hr.shape[1]:
-            raise InputError(
-                f"validation pair {hr_path.name}: LR {lq.shape[1]} x {lq.shape[0]} is not HR / {scale}"
-            )
-        if min(hr.shape[:2]) - 2 * scale < SSIM_WINDOW:
-            raise InputError(
-                f"validation image {hr_path.name} is too small to measure: SSIM needs {SSIM_WINDOW} pixels "
-                f"after cropping {scale} from each side (it is {hr.shape[1]} x {hr.shape[0]})"
-            )
-        lq_float, hr_float = lq.astype(np.float32) / 255.0, hr.astype(np.float32) / 255.0
-        bicubic = bicubic_resize(lq_float, hr.shape[1], hr.shape[0])
-        images.append(ValidationImage(hr_path.stem, lq_float, hr_float, bicubic))
-    if unreadable:
-        raise InputError(
-            f"{len(unreadable)} validation files cannot be read as images: {_listing(unreadable)}"
-        )
+    from upscaler.evaluation import load_eval_set
+
+    try:
+        evaluation = load_eval_set(Path(folder), scale)
+    except InputError as exc:
+        hint = exc.hint
+        if hint and "--scale" in hint:  # eval's hint; training has no --scale
+            hint = f"validate on a set with LR_x{scale}/ beside HR/, or on a folder of HR images"
+        raise InputError(f"data.val (--val): {exc.message}", hint=hint) from None
+    images = []
+    for pair in evaluation.pairs:
+        lq, hr = pair.lr.astype(np.float32), pair.hr.astype(np.float32)
+        bicubic = bicubic_resize(lq, hr.shape[1], hr.shape[0])
+        images.append(ValidationImage(Path(pair.name).stem, lq, hr, bicubic))
     return images

@@ -16,6 +16,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from train.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -48,11 +50,32 @@ def device_for(place: Distributed, requested: str) -> torch.device:
     """The device this process trains on: `auto` is CUDA when present; each rank its own GPU."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
-    if device.type == "cuda" and place.enabled:
-        device = torch.device("cuda", place.local_rank)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"train.device: must be auto, cpu, cuda, cuda:N or mps (got {requested!r})"
+        ) from None
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"train.device: {requested} asked for, but torch {torch.__version__} sees no CUDA GPU",
+                hint="pass --device cpu, or install a CUDA build of torch on a machine with a GPU",
+            )
+        if place.enabled:
+            device = torch.device("cuda", place.local_rank)
+        elif device.index is None:  # set_device needs an index
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"train.device: {device} does not exist (this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s))"
+            )
         torch.cuda.set_device(device)
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device: mps asked for, but MPS is not available here")
+    elif device.type not in ("cpu", "mps"):
+        raise ConfigError(f"train.device: must be auto, cpu, cuda, cuda:N or mps (got {requested!r})")
     return device
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from upscaler.files import write_bytes_atomically
 from upscaler.metrics import to_uint8
 
 _COLOURS = [(0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0), (86, 180, 233)]
@@ -72,9 +73,7 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
     if not ok:
         raise ValueError(f"cannot encode {path.name}")
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data.tobytes())
-    temporary.replace(path)
+    write_bytes_atomically(path, data.tobytes())
 
 
 def sample_grid(triples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], crop: int = 192) -> np.ndarray:

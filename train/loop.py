@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import sys
@@ -51,8 +52,10 @@ from train.data import IterationSampler, PatchDataset, cache_bytes, load_validat
 from train.ema import EMA
 from train.logs import CsvLog, TensorBoardLog, curves_image, sample_grid, write_png
 from upscaler.errors import InputError, ModelError, OutputError
+from upscaler.files import write_bytes_atomically
 from upscaler.metrics import psnr, ssim, to_uint8
 from upscaler.models import build_model, get_architecture, read_weights, save_weights
+from upscaler.values import SizeRequirement
 
 # How many validation images samples.png shows.
 SAMPLE_IMAGES = 4
@@ -112,6 +115,15 @@ def train(
     if losses_cfg.uses_gan:
         with torch.device("meta"):  # a crop size the discriminator cannot take fails here, costing nothing
             _build_discriminator(recipe)
+    for key, flag, folder in (
+        *(("data.hr", "--data", folder) for folder in recipe.data.hr),
+        ("data.lq", "--lq", recipe.data.lq),
+        ("data.gt", "--gt", recipe.data.gt),
+        ("data.val", "--val", recipe.data.val),
+    ):
+        if folder and not Path(folder).is_dir():
+            what = "not a folder" if Path(folder).exists() else "no such folder"
+            raise InputError(f"{key} ({flag}): {what}: {folder}")
     checkpoint: dict[str, Any] | None = None
     pretrained: dict[str, torch.Tensor] | None = None
     if not resume and list_checkpoints(run_dir):
@@ -132,6 +144,12 @@ def train(
                 f"{checkpoint['model']['config']}, but the configuration asks for {recipe.model.arch} "
                 f"with {recipe.model.config}"
             )
+        if checkpoint["iteration"] > cfg.iterations:
+            raise ConfigError(
+                f"train.iterations: {cfg.iterations} is fewer than the {checkpoint['iteration']} "
+                f"iterations {found.name} has done",
+                hint=f"pass --iterations N with N >= {checkpoint['iteration']} to continue or extend the run",
+            )
         report(f"Resuming {run_dir} from iteration {checkpoint['iteration']} ({found.name}).")
     elif cfg.pretrained:
         path = Path(cfg.pretrained).expanduser()
@@ -142,12 +160,38 @@ def train(
                 f"(--pretrained '' starts {recipe.name} from random weights)",
             )
         pretrained, _ = read_weights(path)
+        with torch.device("meta"):  # does it fit? known before the data is read, at no cost
+            _load_pretrained(
+                build_model(recipe.model.arch, recipe.model.config), dict(pretrained), path, False
+            )
     if place.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(to_toml(recipe.to_dict()) + "\n", encoding="utf-8")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.toml").write_text(to_toml(recipe.to_dict()) + "\n", encoding="utf-8")
+        except OSError as exc:
+            what = "it is a file" if run_dir.is_file() else exc.strerror or str(exc)
+            raise OutputError(f"cannot make the run folder {run_dir} (--out): {what}") from None
 
-    # --- data ---------------------------------------------------------------------------------------
+    schedule = recipe.scheduler
+    if schedule.kind == "cosine" and schedule.period != cfg.iterations:
+        # --iterations does not move the period: say what the schedule will do instead
+        lr, low = recipe.optim_g.lr, schedule.eta_min
+        end = low + (lr - low) * (1 + math.cos(math.pi * cfg.iterations / schedule.period)) / 2
+        what = (
+            f"ends at {end:.3g}, not at eta_min {low:.3g}"
+            if cfg.iterations < schedule.period
+            else f"climbs back up after iteration {schedule.period}"
+        )
+        report(
+            f"Note: scheduler.period is {schedule.period} iterations but the run has {cfg.iterations}: "
+            f"the learning rate {what}; --set scheduler.period={cfg.iterations} anneals over the whole run."
+        )
+
+    # --- data: validation first, it is small and fails fast ------------------------------------------
     data_cfg = recipe.data
+    validation = []
+    if data_cfg.val and place.is_main:
+        validation = load_validation(Path(data_cfg.val), scale)
     images = scan_training_images(
         [Path(folder) for folder in data_cfg.hr],
         Path(data_cfg.lq) if data_cfg.lq else None,
@@ -191,9 +235,6 @@ def train(
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    validation = []
-    if data_cfg.val and place.is_main:
-        validation = load_validation(Path(data_cfg.val), scale, architecture.multiple_of(recipe.model.config))
 
     # --- networks, optimisers, schedules ------------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -288,10 +329,11 @@ def train(
         val_csv = CsvLog(run_dir / "val.csv", ["psnr", "ssim"], resume_at=start if resume else None)
         board = TensorBoardLog(run_dir / "tensorboard", purge_step=start + 1 if resume else None)
     bicubic_scores = _bicubic_scores(validation, scale)
+    requirement = architecture.requirement(recipe.model.config)
 
     def validate(iteration: int) -> tuple[float, float]:
         network = ema.net if ema is not None else distributed.unwrap(net_g)
-        scores, triples = _validate(network, validation, scale, device)
+        scores, triples = _validate(network, validation, scale, device, requirement)
         network.train(ema is None)
         history["psnr"].append((iteration, scores[0]))
         history["ssim"].append((iteration, scores[1]))
@@ -328,6 +370,9 @@ def train(
         desc=recipe.name,
     )
     iteration, interrupted, saved, last_scores = start, False, None, None
+    if resume and validation and history["psnr"] and history["psnr"][-1][0] == start:
+        # a finished run resumed without more iterations: its last validation stands (not measured twice)
+        last_scores = (history["psnr"][-1][1], history["ssim"][-1][1])
     try:
         while iteration < cfg.iterations:
             if distributed.any_rank(place, stop_requested.is_set(), device):
@@ -336,6 +381,16 @@ def train(
             step_started = time.monotonic()
             try:
                 lq, gt = next(batches)
+            except InputError as exc:
+                # a file whose header read at start but whose pixels do not (decoded at each use);
+                # from a worker process the message carries the worker's traceback: keep its last line
+                lines = exc.message.strip().splitlines()
+                message = lines[-1].split("Error: ", 1)[-1] if len(lines) > 1 else exc.message
+                hint = "replace or remove the file"
+                if place.is_main and not place.enabled and iteration > start:
+                    saved = save_checkpoint(run_dir, iteration, state(iteration), cfg.keep_checkpoints)
+                    hint += f", then continue with --resume (checkpoint {saved.name})"
+                raise InputError(f"training data: {message}", hint=hint) from None
             except RuntimeError:
                 # DataLoader workers get the Ctrl-C too and may be gone: that is the interrupt
                 if stop_requested.is_set():
@@ -466,7 +521,8 @@ def train(
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _load_pretrained(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def _load_pretrained(net: nn.Module, state: dict[str, torch.Tensor], source: str, load: bool = True) -> None:
+    """Load `state` into `net`; a ModelError saying what does not fit. `load` False only checks."""
     expected = net.state_dict()
     for key, value in expected.items():
         if key.endswith("num_batches_tracked") and key not in state:
@@ -487,7 +543,8 @@ def _load_pretrained(net: nn.Module, state: dict[str, torch.Tensor], source: str
             hint="start from weights of the same architecture and config (an SRResNet with batch norm "
             "for srgan: the srresnet recipe's result)",
         )
-    net.load_state_dict(state)
+    if load:
+        net.load_state_dict(state)
 
 
 def _build_discriminator(recipe: Recipe) -> nn.Module:
@@ -524,18 +581,30 @@ def _scheduler(
 
 
 @torch.no_grad()
-def _upscale(network: nn.Module, lq: np.ndarray, device: torch.device) -> np.ndarray:
-    tensor = torch.from_numpy(lq.transpose(2, 0, 1)).unsqueeze(0).to(device)
-    sr = network(tensor).clamp_(0, 1)
+def _upscale(
+    network: nn.Module, lq: np.ndarray, scale: int, device: torch.device, requirement: SizeRequirement
+) -> np.ndarray:
+    """SR of an H x W x 3 image; padded at the bottom and right to a size the network takes, as the
+    inference pipeline pads (`upscaler.tiling`), and the padding's output cropped off."""
+    height, width = lq.shape[:2]
+    image = lq.transpose(2, 0, 1)
+    for axis, size in ((1, height), (2, width)):
+        pad = requirement.padded(size) - size
+        if pad:
+            widths = [(0, 0)] * 3
+            widths[axis] = (0, pad)
+            image = np.pad(image, widths, mode="reflect" if pad < size else "symmetric")
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0).to(device)
+    sr = network(tensor)[:, :, : height * scale, : width * scale].clamp_(0, 1)
     return sr[0].float().cpu().numpy().transpose(1, 2, 0)
 
 
-def _validate(network: nn.Module, images, scale: int, device: torch.device):
+def _validate(network: nn.Module, images, scale: int, device: torch.device, requirement: SizeRequirement):
     """Mean PSNR and SSIM (Y, border = scale, SR rounded to 8 bits first) and bicubic/SR/HR triples."""
     network.eval()
     psnrs, ssims, triples = [], [], []
     for image in images:
-        sr = _upscale(network, image.lq, device)
+        sr = _upscale(network, image.lq, scale, device, requirement)
         sr8, hr8 = to_uint8(sr), to_uint8(image.hr)
         psnrs.append(psnr(sr8, hr8, border=scale))
         ssims.append(ssim(sr8, hr8, border=scale))
@@ -598,15 +667,18 @@ def _write_card(
         if scores is None
         else {
             "set": validation_set,
-            "psnr_y": round(scores[0], 4),
-            "ssim_y": round(scores[1], 5),
-            "bicubic_psnr_y": round(bicubic[0], 4),
-            "bicubic_ssim_y": round(bicubic[1], 5),
+            # an infinite PSNR (identical images: bicubic at x1) is null, as in `upscale eval --json`
+            "psnr_y": _rounded(scores[0], 4),
+            "ssim_y": _rounded(scores[1], 5),
+            "bicubic_psnr_y": _rounded(bicubic[0], 4),
+            "bicubic_ssim_y": _rounded(bicubic[1], 5),
             "definition": f"Y of BT.601, {recipe.scale}-pixel border cropped, SR rounded to 8 bits (BasicSR)",
         },
         "training_config": recipe.to_dict(),
     }
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    write_bytes_atomically(path, (json.dumps(card, indent=2, allow_nan=False) + "\n").encode())
     return path
+
+
+def _rounded(value: float, digits: int) -> float | None:
+    return round(value, digits) if math.isfinite(value) else None

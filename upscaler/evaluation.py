@@ -21,7 +21,7 @@ import numpy as np
 from upscaler.errors import InputError, UpscaleError
 from upscaler.image_job import find_images
 from upscaler.images import read_image
-from upscaler.metrics import psnr, ssim, to_uint8
+from upscaler.metrics import SSIM_WINDOW, psnr, ssim, to_uint8
 from upscaler.resampling import bicubic_resize
 
 Upscale = Callable[[np.ndarray], np.ndarray]
@@ -154,6 +154,12 @@ def _check_pair(name: str, lr: np.ndarray, hr: np.ndarray, scale: int) -> None:
             f"{lr.shape[1] * scale} x {lr.shape[0] * scale}",
             hint="check --scale, or that the LR and HR files belong together",
         )
+    if min(hr.shape[:2]) - 2 * scale < SSIM_WINDOW:
+        raise InputError(
+            f"{name}: HR {_size(hr)} is too small to measure: SSIM needs {SSIM_WINDOW} x {SSIM_WINDOW} "
+            f"pixels after cropping the {scale}-pixel border from each side",
+            hint=f"leave out images smaller than {SSIM_WINDOW + 2 * scale} pixels a side",
+        )
 
 
 # ----------------------------------------------------------------------------------- reading a set
@@ -213,7 +219,9 @@ def _pair_from_hr(path: Path, root: Path, scale: int) -> EvalPair:
         raise InputError(f"{path}: {_size(hr)} is too small for x{scale}")
     # Rounded to 8 bits like a saved benchmark LR file, so both kinds of set are measured alike.
     lr = to_uint8(bicubic_resize(hr, hr.shape[1] // scale, hr.shape[0] // scale)).astype(np.float32) / 255
-    return EvalPair(str(path.relative_to(root)), lr, hr)
+    name = str(path.relative_to(root))
+    _check_pair(name, lr, hr, scale)  # before any model runs: a set with a tiny image stops at once
+    return EvalPair(name, lr, hr)
 
 
 def _pair_key(path: Path, scale: int) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from upscaler.errors import BackendError, ModelError, OutputError, UpscaleError
+from upscaler.files import write_atomically
 from upscaler.values import Precision
 
 if TYPE_CHECKING:
@@ -72,26 +72,6 @@ def default_cache_dir() -> Path:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base).expanduser() / "upscaler"
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` so that the file appears whole or not at all (a renamed temporary file)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException as exc:
-        Path(temporary).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        raise
-    return path
 
 
 def _import_onnx():
@@ -206,60 +186,51 @@ def export_onnx(
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with warnings.catch_warnings():
-            # the TorchScript exporter warns that it is deprecated; the module docstring says why
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                network,
-                (example,),
-                temporary,
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={
-                    INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
-                    OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"},
-                },
-                do_constant_folding=True,
+    with write_atomically(path) as temporary:
+        try:
+            with warnings.catch_warnings():
+                # the TorchScript exporter warns that it is deprecated; the module docstring says why
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(
+                    network,
+                    (example,),
+                    temporary,
+                    dynamo=False,
+                    opset_version=OPSET,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes={
+                        INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                        OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"},
+                    },
+                    do_constant_folding=True,
+                )
+            proto = onnx.load(temporary)
+            metadata = {
+                "model": model.name,
+                "arch": model.info.arch,
+                "scale": str(model.info.scale),
+                "weights_digest": model.digest,
+                "config": json.dumps(model.info.config, sort_keys=True),
+                "multiple_of": str(model.info.requirement.multiple_of),
+                "precision": precision.value,
+                "fp32_layers": ",".join(layers),
+                "export_format": str(EXPORT_FORMAT),
+                "exporter": f"torch {torch.__version__} (TorchScript exporter)",
+            }
+            del proto.metadata_props[:]
+            for key, value in metadata.items():
+                proto.metadata_props.add(key=key, value=value)
+            proto.doc_string = (
+                f"upscale: {model.name} ({model.info.arch}, x{model.info.scale}), {precision.value}; "
+                f"input N x {model.info.in_channels} x H x W in [0, 1]"
             )
-        proto = onnx.load(temporary)
-        metadata = {
-            "model": model.name,
-            "arch": model.info.arch,
-            "scale": str(model.info.scale),
-            "weights_digest": model.digest,
-            "config": json.dumps(model.info.config, sort_keys=True),
-            "multiple_of": str(model.info.requirement.multiple_of),
-            "precision": precision.value,
-            "fp32_layers": ",".join(layers),
-            "export_format": str(EXPORT_FORMAT),
-            "exporter": f"torch {torch.__version__} (TorchScript exporter)",
-        }
-        del proto.metadata_props[:]
-        for key, value in metadata.items():
-            proto.metadata_props.add(key=key, value=value)
-        proto.doc_string = (
-            f"upscale: {model.name} ({model.info.arch}, x{model.info.scale}), {precision.value}; "
-            f"input N x {model.info.in_channels} x H x W in [0, 1]"
-        )
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.save(proto, temporary)
-        os.replace(temporary, path)
-    except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    except onnx.checker.ValidationError as exc:
-        Path(temporary).unlink(missing_ok=True)
-        raise ModelError(f"ONNX export of {model.name}: the exported graph is invalid: {exc}") from exc
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+            onnx.checker.check_model(proto, full_check=True)
+            onnx.save(proto, temporary)
+        except onnx.checker.ValidationError as exc:
+            raise ModelError(f"ONNX export of {model.name}: the exported graph is invalid: {exc}") from exc
     return OnnxExport(path=path, precision=precision, opset=OPSET, fp32_layers=layers)
 
 

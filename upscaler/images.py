@@ -18,9 +18,7 @@ clipped to [0, 1] and counts as 16-bit, so it is written as 16-bit integers, nev
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import struct
 import zlib
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from upscaler.errors import InputError, OutputError
+from upscaler.files import write_atomically
 
 # Suffix (lowercase, with the dot) -> the format's name, which is also the suffix OpenCV encodes by.
 _FORMATS: dict[str, str] = {
@@ -253,7 +252,9 @@ def write_image(path: str | os.PathLike[str], picture: Picture, options: EncodeO
     path = Path(path)
     fmt = output_format(path.suffix)
     encoded = encode_image(picture, fmt, options or EncodeOptions())
-    _replace_atomically(path, encoded)
+    # No folder is made here: the job plans its output folders, and a missing one is a mistake to report.
+    with write_atomically(path) as temporary:
+        temporary.write_bytes(encoded)
 
 
 def encode_image(picture: Picture, fmt: str, options: EncodeOptions | None = None) -> bytes:
@@ -320,35 +321,3 @@ def _encode_png_gray_alpha(pixels: np.ndarray, level: int) -> bytes:
     )
 
 
-def _replace_atomically(path: Path, data: bytes) -> None:
-    descriptor, temporary = _create_temporary(path)
-    try:
-        try:
-            with os.fdopen(descriptor, "wb") as file:
-                file.write(data)
-            os.replace(temporary, path)
-        except OSError as error:
-            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
-    except BaseException:
-        # Whatever went wrong (a full disk, a rename refused, Ctrl-C), leave no partial file behind.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
-def _create_temporary(path: Path) -> tuple[int, Path]:
-    """A new hidden file beside `path`, open for writing.
-
-    Created with os.open and mode 0o666 rather than tempfile, whose 0o600 would make every output
-    private to its owner once renamed; this way the user's umask decides, as for any new file.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-        try:
-            return os.open(candidate, flags, 0o666), candidate
-        except FileExistsError:
-            continue
-        except OSError as error:
-            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
-    raise OutputError(f"cannot write {path}: no free temporary name in {path.parent}")

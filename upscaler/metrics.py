@@ -22,7 +22,9 @@ import numpy as np
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966])
 _Y_OFFSET = 16.0
 
-_SSIM_SIZE = 11
+# SSIM's window side: an image must keep at least this many pixels a side after the border is cropped.
+SSIM_WINDOW = 11
+_SSIM_SIZE = SSIM_WINDOW
 _SSIM_SIGMA = 1.5
 _C1 = (0.01 * 255) ** 2
 _C2 = (0.03 * 255) ** 2

@@ -133,6 +133,13 @@ def test_merge_replaces_leaves_and_merges_tables() -> None:
         ({"model": {"config": {"num_blocks": 3}}}, "model.config: cannot build"),
         ({"optimiser": {}}, "unknown key optimiser"),
         ({"data": {"lq": "somewhere"}}, "data.lq and data.gt"),
+        # non-finite numbers: an infinite lr trained to NaN weights, a NaN loss weight crashed the loop
+        ({"optim_g": {"lr": float("inf")}}, "optim_g.lr: must be a finite number \\(got inf\\)"),
+        ({"losses": {"pixel_weight": float("nan")}}, "losses.pixel_weight: must be a finite number"),
+        ({"data": {"cache_gib": float("nan")}}, "data.cache_gib: must be a finite number"),
+        # model configs that build but cannot run failed at the first iteration with an internal error
+        ({"model": {"config": {"num_feat": 0}}}, "model.config.num_feat: must be positive \\(got 0\\)"),
+        ({"model": {"config": {"num_block": -1}}}, "model.config.num_block: must be zero or more"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(override: dict, message: str) -> None:

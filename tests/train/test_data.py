@@ -155,3 +155,13 @@ def test_files_that_fail_to_decode_are_listed_together(tmp_path: Path) -> None:
     images = scan_training_images([tmp_path / "hr"], None, None, scale=4, patch_size=32)
     with pytest.raises(InputError, match="2 training files cannot be decoded: .*img0.png.*img2.png"):
         PatchDataset(images, scale=4, patch_size=32, seed=0, flip=True, rotate=True, cache=True)
+
+
+def test_validation_reads_a_set_folder_as_upscale_eval_does(tmp_path: Path) -> None:
+    # An x2 run with --val Set5 (HR/ and LR_x4/ only) used to validate on all ten files, HR and x4 LR
+    # alike, as HR images: a card figure `upscale eval` refuses to measure.
+    make_images(tmp_path / "set" / "HR", count=2, size=48)
+    make_images(tmp_path / "set" / "LR_x4", count=2, size=12)
+    with pytest.raises(InputError, match="has LR_x4 but no LR_x2/ for x2"):
+        load_validation(tmp_path / "set", scale=2)
+    assert len(load_validation(tmp_path / "set", scale=4)) == 2

@@ -83,3 +83,38 @@ def test_two_cpu_processes_train_a_gan(tmp_path: Path) -> None:
     checkpoint = load_checkpoint(run / "checkpoints" / "iter_00000002.pt")
     assert checkpoint["net_d"] is not None and checkpoint["optim_d"] is not None
     assert json.loads((run / "srgan.json").read_text())["processes"] == 2
+
+
+@pytest.mark.parametrize(
+    ("requested", "message"),
+    [
+        ("bogus", "train.device: must be auto, cpu, cuda, cuda:N or mps \\(got 'bogus'\\)"),
+        ("xla", "train.device: must be auto, cpu, cuda, cuda:N or mps"),
+    ],
+)
+def test_a_device_torch_cannot_use_is_a_config_error(requested: str, message: str) -> None:
+    # these were internal errors with torch's own wording
+    from train.config import ConfigError
+    from train.distributed import device_for
+
+    with pytest.raises(ConfigError, match=message):
+        device_for(Distributed(), requested)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_says_so() -> None:
+    from train.config import ConfigError
+    from train.distributed import device_for
+
+    for requested in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match=f"train.device: {requested} asked for, but .* no CUDA GPU"):
+            device_for(Distributed(), requested)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_plain_cuda_gets_an_index() -> None:
+    # torch.cuda.set_device(torch.device("cuda")) raises: `--device cuda` failed on every GPU machine
+    from train.distributed import device_for
+
+    device = device_for(Distributed(), "cuda")
+    assert device.type == "cuda" and device.index is not None

@@ -135,6 +135,7 @@ def test_srgan_starts_from_an_srresnet_result(images: Path, tmp_path: Path) -> N
     wrong = tiny_recipe("srgan", images, train={"pretrained": str(compact.weights)})
     with pytest.raises(ModelError, match="does not fit the recipe's generator"):
         train(wrong, tmp_path / "wrong", vgg=random_vgg(wrong))
+    assert not (tmp_path / "wrong").exists()  # found before the run folder is made and the data read
     missing = tiny_recipe("srgan", images, train={"pretrained": str(tmp_path / "none.safetensors")})
     with pytest.raises(InputError, match="train.pretrained: no such weights file"):
         train(missing, tmp_path / "missing", vgg=random_vgg(missing))
@@ -184,3 +185,86 @@ def test_a_crop_the_discriminator_cannot_take_stops_before_reading_data(tmp_path
     recipe = tiny_recipe("esrgan", tmp_path / "no-such-folder", data={"patch_size": 96})
     with pytest.raises(ConfigError, match="discriminator: VGGStyleDiscriminator: input_size must be"):
         train(recipe, tmp_path / "run", vgg=random_vgg(recipe))
+
+
+def test_resume_with_fewer_iterations_than_done_is_refused(images: Path, tmp_path: Path) -> None:
+    # it used to "finish" silently: a card saying 4 iterations beside a configuration saying 2
+    recipe = tiny_recipe("compact-psnr", images, train={"iterations": 4, "checkpoint_every": 2})
+    train(recipe, tmp_path / "run")
+    fewer = tiny_recipe("compact-psnr", images, train={"iterations": 2, "checkpoint_every": 2})
+    with pytest.raises(ConfigError, match="train.iterations: 2 is fewer than the 4 iterations") as caught:
+        train(fewer, tmp_path / "run", resume=True)
+    assert "--iterations" in caught.value.hint
+
+
+def test_resuming_a_finished_run_does_not_measure_it_twice(images: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe("compact-psnr", images, val=images, train={"iterations": 2})
+    first = train(recipe, tmp_path / "run")
+    again = train(recipe, tmp_path / "run", resume=True)
+    assert again.psnr == first.psnr and again.weights is not None
+    assert [row["iteration"] for row in _rows(tmp_path / "run" / "val.csv")] == ["2"]
+
+
+@pytest.mark.parametrize(("key", "flag"), [("val", "--val"), ("hr", "--data")])
+def test_a_missing_folder_stops_before_the_run_folder_is_made(
+    key: str, flag: str, images: Path, tmp_path: Path
+) -> None:
+    # a missing --val was found only after every training image had been decoded
+    missing = str(tmp_path / "nowhere")
+    recipe = tiny_recipe("compact-psnr", images, data={key: [missing] if key == "hr" else missing})
+    with pytest.raises(InputError, match=f"data.{key} \\({flag}\\): no such folder: .*nowhere"):
+        train(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_image_that_fails_to_decode_in_a_worker_is_one_line(tmp_path: Path) -> None:
+    # Decoded at each use (cache_gib 0) in a worker process: the InputError came back from the
+    # DataLoader with the worker's whole traceback in its message.
+    folder = make_images(tmp_path / "hr", count=2, size=32)
+    cv2.imwrite(str(folder / "broken.bmp"), cv2.imread(str(folder / "img0.png")))
+    data = (folder / "broken.bmp").read_bytes()
+    (folder / "broken.bmp").write_bytes(data[: len(data) // 3])  # the header reads, the pixels do not
+    recipe = tiny_recipe(
+        "compact-psnr",
+        folder,
+        data={"cache_gib": 0.0, "workers": 1, "batch_size": 3},
+        train={"iterations": 4},
+    )
+    with pytest.raises(InputError, match="^training data: cannot read .*broken.bmp") as caught:
+        train(recipe, tmp_path / "run")
+    assert "\n" not in caught.value.message and "Traceback" not in caught.value.message
+    assert "replace or remove" in caught.value.hint
+
+
+def test_checkpoints_get_the_mode_of_any_new_file(images: Path, tmp_path: Path) -> None:
+    # torch.save went to a mkstemp temporary (0o600): checkpoints were private to their owner
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        train(tiny_recipe("compact-psnr", images), tmp_path / "run")
+    finally:
+        os.umask(previous)
+    for path in list_checkpoints(tmp_path / "run"):
+        assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_run_folder_that_cannot_be_made_is_an_output_error(images: Path, tmp_path: Path) -> None:
+    # --out naming a file was an internal error (FileExistsError)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(OutputError, match="cannot make the run folder .*afile \\(--out\\): it is a file"):
+        train(tiny_recipe("compact-psnr", images), tmp_path / "afile")
+
+
+def test_a_cosine_period_that_is_not_the_run_is_pointed_out(images: Path, tmp_path: Path) -> None:
+    # --iterations does not move scheduler.period: compact-psnr's 400000 on a shorter run never anneals,
+    # and on a longer one the learning rate climbs back up (CosineAnnealingLR is periodic)
+    lines: list[str] = []
+    train(tiny_recipe("compact-psnr", images), tmp_path / "short", report=lines.append)
+    assert any("scheduler.period is 400000 iterations but the run has 2" in line for line in lines)
+    assert any("--set scheduler.period=2" in line for line in lines)
+    lines.clear()
+    train(
+        tiny_recipe("compact-psnr", images, scheduler={"period": 2}), tmp_path / "exact", report=lines.append
+    )
+    assert not any("scheduler.period" in line for line in lines)

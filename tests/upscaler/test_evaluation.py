@@ -133,16 +133,28 @@ def test_hr_a_little_larger_is_mod_cropped(tmp_path: Path) -> None:
 
 def test_hr_only_folder_is_mod_cropped_and_accepts_gray_and_alpha(tmp_path: Path) -> None:
     write(tmp_path / "rgb.png", smooth_image(0, 30, 27))
-    write(tmp_path / "gray.png", smooth_image(1, 16, 16)[:, :, 0])
-    write(tmp_path / "alpha.png", np.dstack([smooth_image(2, 16, 16), np.full((16, 16), 128, np.uint8)]))
+    write(tmp_path / "gray.png", smooth_image(1, 20, 20)[:, :, 0])
+    write(tmp_path / "alpha.png", np.dstack([smooth_image(2, 20, 20), np.full((20, 20), 128, np.uint8)]))
     evaluation = load_eval_set(tmp_path, 4)
     shapes = {p.name: (p.lr.shape, p.hr.shape) for p in evaluation.pairs}
     assert shapes["rgb.png"] == ((7, 6, 3), (28, 24, 3))
-    assert shapes["gray.png"] == ((4, 4, 3), (16, 16, 3))
-    assert shapes["alpha.png"] == ((4, 4, 3), (16, 16, 3))
+    assert shapes["gray.png"] == ((5, 5, 3), (20, 20, 3))
+    assert shapes["alpha.png"] == ((5, 5, 3), (20, 20, 3))
     # LR made here is rounded to 8 bits, as a benchmark's saved LR file is.
     lr = evaluation.pairs[0].lr
     assert np.array_equal(lr * 255, np.round(lr * 255))
+
+
+def test_an_image_too_small_to_measure_is_named_before_any_model_runs(tmp_path: Path) -> None:
+    # 16 x 16 at x4 leaves 8 x 8 after the border, less than SSIM's window: it was an internal error
+    write(tmp_path / "big.png", smooth_image(0, 32, 32))
+    write(tmp_path / "small.png", smooth_image(1, 16, 16))
+    with pytest.raises(InputError, match="small.png: HR 16 x 16 is too small to measure") as caught:
+        load_eval_set(tmp_path, 4)
+    assert "19 pixels" in caught.value.hint
+    small = np.zeros((8, 8, 3), np.float32)
+    with pytest.raises(InputError, match="too small to measure"):
+        evaluate_pairs(None, [(small[:2, :2], small)], 4, ["tiny"])
 
 
 def test_folder_errors(tmp_path: Path) -> None:

@@ -26,8 +26,8 @@ from upscaler.export import (
     export_onnx,
     find_fp16_overflows,
     read_onnx_metadata,
-    write_bytes_atomic,
 )
+from upscaler.files import write_bytes_atomically
 from upscaler.models import build_model, load_model, save_weights
 from upscaler.values import Precision
 
@@ -201,14 +201,26 @@ def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_
 
 def test_atomic_write_replaces_whole_and_leaves_no_temporary(tmp_path: Path) -> None:
     target = tmp_path / "deep" / "file.bin"
-    write_bytes_atomic(target, b"first")
-    write_bytes_atomic(target, b"second")
+    write_bytes_atomically(target, b"first")
+    write_bytes_atomically(target, b"second")
     assert target.read_bytes() == b"second"
     assert os.listdir(target.parent) == ["file.bin"]
+
+
+def test_exports_get_the_mode_of_any_new_file_not_mkstemps_private_one(tmp_path: Path) -> None:
+    # mkstemp makes 0o600 temporaries: renamed as they were, an export only its owner could read
+    previous = os.umask(0o022)
+    try:
+        written = write_bytes_atomically(tmp_path / "file.bin", b"data")
+        exported = export_onnx(load_model(tiny_weights(tmp_path, "compact")), tmp_path / "m.onnx").path
+    finally:
+        os.umask(previous)
+    assert written.stat().st_mode & 0o777 == 0o644
+    assert exported.stat().st_mode & 0o777 == 0o644
 
 
 def test_atomic_write_to_an_unwritable_place_is_an_output_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")
     with pytest.raises(OutputError, match="cannot write"):
-        write_bytes_atomic(blocker / "below" / "x.bin", b"data")
+        write_bytes_atomically(blocker / "below" / "x.bin", b"data")

@@ -140,11 +140,16 @@ def train(
         if run_dir is None:
             if not recipe:
                 raise click.UsageError("--resume needs --out RUN_DIR (or --recipe NAME for runs/NAME)")
-            run_dir = Path("runs") / load_table(recipe)["name"]
+            run_dir = Path("runs") / str(load_table(recipe).get("name", "run"))
         saved = run_dir / "config.toml"
         if not saved.is_file():
             raise ConfigError(f"--resume: {saved} does not exist", hint="start the run without --resume")
         table = read_config_file(saved)
+        if recipe and load_table(recipe).get("name") != table.get("name"):
+            raise click.UsageError(
+                f"--resume continues {run_dir}, a {table.get('name')} run, not {recipe}; "
+                "leave out --recipe (the run's config.toml says what it is)"
+            )
     else:
         table = load_table(recipe)
         if run_dir is None:

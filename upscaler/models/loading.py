@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from upscaler.errors import ModelError, OutputError
+from upscaler.files import write_atomically
 from upscaler.models.registry import (
     ARCHITECTURES,
     MODELS,
@@ -307,17 +306,8 @@ def save_weights(
 
     metadata = {"format": "pt", "arch": arch, "config": json.dumps(dict(config), sort_keys=True)}
     try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-    except OSError as exc:
-        raise OutputError(f"cannot write weights to {path}: {exc.strerror or exc}") from exc
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
-        raise OutputError(f"cannot write weights to {path}: {exc.strerror or exc}") from exc
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        with write_atomically(path) as temporary:
+            save_file(tensors, temporary, metadata=metadata)
+    except OutputError as exc:
+        raise OutputError(f"cannot write weights to {path}: {exc.message.split(': ', 1)[-1]}") from exc
     return path

@@ -102,3 +102,50 @@ def test_gan_recipe_without_vgg_weights_says_where_to_put_them(tmp_path: Path, m
     )
     assert result.exit_code == 1
     assert "needs ImageNet VGG19 weights" in result.output and "--vgg-weights" in result.output
+
+
+@pytest.mark.parametrize("scale", [2, 1])
+def test_the_card_says_what_upscale_eval_says_on_the_same_set(tmp_path: Path, scale: int) -> None:
+    # RRDBNet x2/x1 takes inputs in multiples of 2/4: validation used to crop the set to that multiple
+    # of HR pixels where `upscale eval` pads the input, so card and eval disagreed (in bicubic too).
+    # At x1 bicubic is exact: its PSNR is infinite, which the card wrote as `Infinity` (not JSON).
+    import cv2
+
+    data = make_images(tmp_path / "hr", count=2, size=40)
+    val = tmp_path / "val"
+    val.mkdir()
+    for index, image in enumerate(sorted(data.iterdir())):
+        cv2.imwrite(str(val / f"{index}.png"), cv2.imread(str(image))[:38, :34])  # not multiples of 4
+    run = tmp_path / "run"
+    tiny_rrdb = [
+        *("--set", "model.config.num_feat=8", "--set", "model.config.num_block=1"),
+        *("--set", "model.config.num_grow_ch=4", "--set", f"model.config.scale={scale}"),
+    ]
+    flags = ["--iterations", "2", "--patch-size", "32", "--batch-size", "2", *TINY[4:], *tiny_rrdb]
+    args = ["train", "--recipe", "rrdb-psnr", "--data", str(data), "--val", str(val), "--out", str(run)]
+    result = CliRunner().invoke(cli, [*args, *flags])
+    assert result.exit_code == 0, result.output
+    card = json.loads((run / "rrdb-psnr.json").read_text(), parse_constant=pytest.fail)
+    measured = CliRunner().invoke(
+        cli, ["eval", "--model", str(run / "rrdb-psnr.safetensors"), "--data", str(val), "--json"]
+    )
+    assert measured.exit_code == 0, measured.output
+    mean = json.loads(measured.stdout)["mean"]
+    assert card["validation"]["psnr_y"] == pytest.approx(mean["psnr"], abs=1e-4)
+    assert card["validation"]["ssim_y"] == pytest.approx(mean["ssim"], abs=1e-5)
+    if scale == 1:
+        assert card["validation"]["bicubic_psnr_y"] is None and mean["bicubic_psnr"] is None
+    else:
+        assert card["validation"]["bicubic_psnr_y"] == pytest.approx(mean["bicubic_psnr"], abs=1e-4)
+
+
+def test_resume_refuses_a_recipe_other_than_the_runs(tmp_path: Path) -> None:
+    # `--resume --recipe esrgan --out RUN` continued RUN's compact-psnr run and ignored the recipe
+    data = make_images(tmp_path / "hr", count=2, size=40)
+    run = tmp_path / "run"
+    args = ["train", "--recipe", "compact-psnr", "--data", str(data), "--out", str(run)]
+    result = CliRunner().invoke(cli, [*args, "--iterations", "1", "--patch-size", "32", *TINY])
+    assert result.exit_code == 0, result.output
+    other = CliRunner().invoke(cli, ["train", "--resume", "--recipe", "esrgan", "--out", str(run)])
+    assert other.exit_code == 2
+    assert "a compact-psnr run, not esrgan; leave out --recipe" in other.output

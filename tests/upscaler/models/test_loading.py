@@ -333,3 +333,14 @@ def test_metadata_config_that_cannot_build(compact, tmp_path):
 def test_digest_is_of_the_file_bytes(compact, tmp_path):
     path = save_weights(compact, tmp_path / "net.safetensors", "compact", COMPACT)
     assert load_model(path).digest == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def test_saved_weights_get_the_mode_of_any_new_file(tmp_path: Path) -> None:
+    # A temporary from mkstemp is 0o600: renamed as it was, weights only their owner could read.
+    config = COMPACT
+    previous = os.umask(0o022)
+    try:
+        path = save_weights(build_model("compact", config), tmp_path / "w.safetensors", "compact", config)
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -1,0 +1,71 @@
+"""Writing a file so that it appears whole or not at all.
+
+Every output of the tool (images, weights, checkpoints, ONNX graphs, engines, journals, videos) is written
+to a hidden temporary file beside its destination and renamed over it only when complete, so a crash,
+a full disk or Ctrl-C never leaves a half-written file under the user's name.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from upscaler.errors import OutputError
+
+
+def create_temporary(path: Path) -> Path:
+    """A new, empty, hidden file beside `path` (same folder, so the final rename is atomic).
+
+    Created with mode 0o666 rather than by tempfile, whose 0o600 would make every output private to its
+    owner once renamed: this way the user's umask decides, as for any new file.
+    """
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        try:
+            os.close(os.open(candidate, flags, 0o666))
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+    raise OutputError(f"cannot write {path}: no free temporary name in {path.parent}")
+
+
+@contextmanager
+def write_atomically(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; it replaces `path` when the block ends, and is removed if it fails.
+
+    OSErrors (a full disk, a refused rename) become OutputError naming `path`.
+    """
+    path = Path(path)
+    temporary = create_temporary(path)
+    try:
+        # Writers that replace the file themselves (safetensors, torch.save) leave it 0o600; give it back
+        # the mode it was created with, which the umask decided.
+        mode = temporary.stat().st_mode & 0o777
+        yield temporary
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> Path:
+    """Write `data` to `path`, whole or not at all, making its folder first if needed (caches)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
+    with write_atomically(path) as temporary:
+        temporary.write_bytes(data)
+    return Path(path)

@@ -191,3 +191,23 @@ def test_edge_cases_folder_with_a_corrupt_file(tmp_path: Path, compact_weights: 
     deep = cv2.imread(str(out / "tree_alpha_16bit_x4.png"), cv2.IMREAD_UNCHANGED)
     assert deep.dtype == np.uint16 and deep.shape[2] == 4
     assert np.unique(deep).size > 256, "16-bit output holds only 8-bit levels"
+
+
+def test_opencv_logs_nothing_of_its_own_about_a_broken_file(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "in").mkdir()
+    header = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x10\0\0\0\x10\x08\x02\0\0\0"
+    (tmp_path / "in" / "bad.png").write_bytes(header + b"junk")  # a PNG cut short: OpenCV warns
+    weights = tiny_weights(tmp_path, "compact")
+    env = {key: value for key, value in os.environ.items() if key != "OPENCV_LOG_LEVEL"}
+    code = "import sys; from upscaler.cli import main; sys.argv[0] = 'upscale'; main()"
+    args = ["images", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(weights)]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args, "--no-progress"], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 1
+    assert "failed: cannot read" in result.stderr
+    assert "WARN" not in result.stderr and "ERROR:" not in result.stderr, result.stderr

@@ -7,6 +7,7 @@ heavy modules (torch, av, cv2) are imported inside the commands so that `upscale
 from __future__ import annotations
 
 import importlib
+import os
 import traceback
 
 import click
@@ -44,6 +45,10 @@ class UpscaleGroup(click.Group):
         return getattr(importlib.import_module(module), attribute)
 
     def invoke(self, ctx: click.Context):
+        if not _debug(ctx):
+            # OpenCV logs its own lines (`[ WARN:0@...] imdecode_...`) about a file we already report as
+            # one `failed:` or `Error:` line; read when cv2 is first imported, so set before any command.
+            os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):

@@ -36,9 +36,9 @@ from upscaler.values import SizeRequirement
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 SUFFIXES = (".safetensors", *CHECKPOINT_SUFFIXES)
 
-# Training frameworks wrap the weights; BasicSR's `params_ema` (the averaged generator) is what its
-# releases mean to be used, so it wins over `params`.
-_WRAPPERS = ("params_ema", "params", "state_dict", "model")
+# Training frameworks wrap the weights; the averaged generator (BasicSR's `params_ema`, the EMA in a
+# checkpoint of `upscale train`) is what a run means to be used, so it wins over the raw one.
+_WRAPPERS = ("params_ema", "net_g_ema", "params", "net_g", "state_dict", "model")
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,8 @@ def load_model(spec: str | Path) -> LoadedModel:
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The float32 state dict in BasicSR keys held by a weights file, and its safetensors metadata.
 
-    Wrappers (`params_ema`, `params`, `state_dict`, `model`) are unwrapped, a DataParallel `module.`
+    Wrappers (`params_ema`, `params`, `state_dict`, `model`, and `net_g_ema`/`net_g` of a checkpoint of
+    `upscale train`) are unwrapped, a DataParallel `module.`
     prefix is dropped, and the older ESRGAN layouts are renamed. Training code uses this to start
     from published weights.
     """

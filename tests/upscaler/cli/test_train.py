@@ -94,6 +94,14 @@ def test_train_end_to_end_then_extend_with_resume(tmp_path: Path) -> None:
     assert "Resuming" in resumed.output and "iteration 4" in resumed.output
     assert json.loads((run / "compact-psnr.json").read_text())["iterations"] == 6
 
+    # A checkpoint is a model too: `--model runs/x/checkpoints/iter_N.pt` loads the generator it holds
+    # (the EMA when the run keeps one), the very weights the run ended with.
+    last = sorted((run / "checkpoints").glob("iter_*.pt"))[-1]
+    from_checkpoint = load_model(last).module.state_dict()
+    final = load_model(run / "compact-psnr.safetensors").module.state_dict()
+    assert from_checkpoint.keys() == final.keys()
+    assert all(from_checkpoint[key].equal(final[key]) for key in final)
+
 
 def test_gan_recipe_without_vgg_weights_says_where_to_put_them(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

@@ -35,6 +35,7 @@ from upscaler.video import (
     TRANSFER_NAMES,
     ColourTags,
     VideoInfo,
+    is_yuv_format,
 )
 
 # Destination suffix -> FFmpeg muxer. AVI and MPEG-TS are left out: AVI has no presentation times (so no
@@ -56,6 +57,7 @@ DEFAULT_CODECS: dict[str, str] = {
 # What each encoder does with --crf and --preset, and our defaults for them.
 _CRF = {
     "libx264": (0, 51, 18),
+    "libx264rgb": (0, 51, 18),
     "libx265": (0, 51, 20),
     "libvpx-vp9": (0, 63, 30),
     "libvpx": (4, 63, 10),
@@ -88,7 +90,8 @@ _PRESETS = {
     ),
     "libsvtav1": tuple(str(n) for n in range(14)),
 }
-_DEFAULT_PRESETS = {"libx264": "medium", "libx265": "medium", "libsvtav1": "8"}
+_PRESETS["libx264rgb"] = _PRESETS["libx264"]
+_DEFAULT_PRESETS = {"libx264": "medium", "libx264rgb": "medium", "libx265": "medium", "libsvtav1": "8"}
 # Options every run of an encoder gets unless the user sets them: constant-quality mode for libvpx
 # (it needs a zero or explicit bitrate next to crf), and x265 without its banner on stderr.
 _BASE_OPTIONS = {
@@ -260,10 +263,22 @@ def resolve_encoding(destination: Path, source: VideoInfo, settings: EncodeSetti
         codec=codec.name,
         pix_fmt=pix_fmt,
         options=_options(codec.name, settings),
-        colour=source.conversion(),
+        colour=_output_colour(source, pix_fmt),
     )
     _try_open(encoding, source)
     return encoding
+
+
+def _output_colour(source: VideoInfo, pix_fmt: str) -> ColourTags:
+    """The tags the output carries: the conversion decoding used, except where the pixel format itself
+    decides. RGB formats (libx264rgb's bgr0, --pix-fmt gbrp) have no YUV matrix and are full range: tagged
+    with a YUV matrix, decoders read the G, B and R planes as Y, Cb and Cr. yuvj* formats are full range."""
+    tags = source.conversion()
+    if not is_yuv_format(pix_fmt):
+        return ColourTags(range="pc", primaries=tags.primaries, transfer=tags.transfer, matrix="gbr")
+    if pix_fmt.startswith("yuvj"):
+        return ColourTags(range="pc", primaries=tags.primaries, transfer=tags.transfer, matrix=tags.matrix)
+    return tags
 
 
 def _try_open(encoding: Encoding, source: VideoInfo) -> None:

@@ -319,5 +319,3 @@ def _encode_png_gray_alpha(pixels: np.ndarray, level: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(scanlines.tobytes(), level))
         + chunk(b"IEND", b"")
     )
-
-

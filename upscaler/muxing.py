@@ -110,6 +110,12 @@ def mux_output(
     window = _Window(origin=origin, start=start if start else None, end=end)
     try:
         return _mux(parts, source, Path(destination), encoding, audio, subtitles, window)
+    except (av.error.FFmpegError, OSError) as error:
+        # Closing the file writes its trailer, which can fail too (a full disk): not only muxing packets.
+        with contextlib.suppress(FileNotFoundError):
+            Path(destination).unlink()
+        reason = getattr(error, "strerror", None) or str(error)
+        raise OutputError(f"{Path(destination).name}: writing failed: {reason}") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             Path(destination).unlink()
@@ -137,8 +143,8 @@ def _mux(
         options = _muxer_options(encoding.container, template.time_base)
         out = stack.enter_context(av.open(str(destination), "w", format=encoding.container, options=options))
         out.metadata.update(_fresh(src.metadata))
-        video = out.add_stream_from_template(template)
-        video.metadata.update(_fresh(src.streams[source.stream_index].metadata))
+        video = _video_stream_like(out, template)
+        video.metadata.update(_stream_tags(src.streams[source.stream_index]))
         with contextlib.suppress(ValueError, AttributeError):
             video.disposition = src.streams[source.stream_index].disposition
         # NUT parts keep colour tags only where the bitstream does (H.264 VUI has all four, VP9 no
@@ -147,6 +153,10 @@ def _mux(
             setattr(video.codec_context, attribute, number)
         if source.rotation:
             video.set_display_rotation(source.rotation)
+        if encoding.container in ("mp4", "mov") and template.codec_context.name == "hevc":
+            # FFmpeg tags HEVC 'hev1' (parameter sets in the samples); Apple's players play only 'hvc1'
+            # (parameter sets in the header), which is what every part carries.
+            video.codec_context.codec_tag = "hvc1"
         extradata = template.codec_context.extradata
 
         copies: dict[int, av.stream.Stream] = {}
@@ -181,6 +191,16 @@ def _open_part(path: Path) -> av.container.InputContainer:
         ) from None
 
 
+def _video_stream_like(out: av.container.OutputContainer, template: av.stream.Stream) -> av.stream.Stream:
+    """A stream for the parts' packets. PyAV looks up an *encoder* named like the part's decoder, which
+    fails where the names differ (AV1 parts decode with 'libdav1d'); then the decoder's context is used as
+    it is, which is all a remux needs."""
+    try:
+        return out.add_stream_from_template(template)
+    except av.codec.codec.UnknownCodecError:
+        return out.add_stream_from_template(template, opaque=True)
+
+
 def _muxer_options(container: str, time_base: Fraction) -> dict[str, str]:
     if container in ("matroska", "webm"):
         # Matroska stores no decode times, so a negative one (B-frames) needs no shift of every timestamp.
@@ -198,6 +218,15 @@ def _fresh(metadata: dict[str, str]) -> dict[str, str]:
         for key, value in metadata.items()
         if key.lower() not in _STALE_KEYS and not key.lower().startswith(_STALE_PREFIXES)
     }
+
+
+def _stream_tags(stream: av.stream.Stream) -> dict[str, str]:
+    """A stream's metadata for the output. MP4/MOV keep a track's title in a 'name' box that the demuxer
+    reads back as 'name' but the muxers write only from 'title': renamed, or every MP4 title is lost."""
+    tags = _fresh(stream.metadata)
+    if "name" in tags and not tags.get("title"):
+        tags["title"] = tags.pop("name")
+    return tags
 
 
 def _describe(stream: av.stream.Stream) -> str:
@@ -279,7 +308,7 @@ def _plan_stream(
 
 def _copy_stream(out: av.container.OutputContainer, stream: av.stream.Stream) -> av.stream.Stream:
     copy = out.add_stream_from_template(stream)
-    copy.metadata.update(_fresh(stream.metadata))
+    copy.metadata.update(_stream_tags(stream))
     with contextlib.suppress(ValueError, AttributeError):
         copy.disposition = stream.disposition
     return copy
@@ -315,7 +344,7 @@ def _video_packets(
                     hint="delete the work folder beside the output and run again",
                 )
             time_base = stream.time_base
-            packets = _with_decode_times(part.demux(stream), time_base)
+            packets = _with_decode_times(part.demux(stream))
             first = next(packets, None)
             if first is None:
                 raise OutputError(
@@ -343,25 +372,52 @@ def _video_packets(
                 yield float(packet.dts * time_base), 0, packet
 
 
-def _with_decode_times(packets: Iterator[av.Packet], time_base: Fraction) -> Iterator[av.Packet]:
-    """NUT stores no decode times; its demuxer derives them from the pts order, except for the first
-    few packets of a stream with B-frames. Those get times just below the first known one, 1 ms apart."""
-    step = max(1, round(Fraction(1, 1000) / time_base))
-    waiting: list[av.Packet] = []
+def _with_decode_times(packets: Iterator[av.Packet]) -> Iterator[av.Packet]:
+    """NUT stores no decode times; its demuxer derives them from the pts order (the display times shifted
+    by the encoder's reorder delay), except for the first few packets of a stream with B-frames. Those get
+    times before the first known one, one frame duration apart (the gap between the first two known
+    decode times), as the encoder stamped them: MP4 takes each sample's duration from the decode times, so
+    shorter gaps would shrink the first samples and the whole track."""
+    head: list[av.Packet] = []  # the packets up to and including the second with a known decode time
+    known = 0
+    last: int | None = None
     for packet in packets:
         if packet.pts is None:
             continue  # the demuxer's end-of-stream marker
-        if packet.dts is None:
-            waiting.append(packet)
+        if known >= 2:
+            if packet.dts is None:
+                packet.dts = last + 1
+            last = packet.dts
+            yield packet
             continue
-        for ahead, held in enumerate(waiting):
-            held.dts = min(packet.dts - (len(waiting) - ahead) * step, held.pts)
-        yield from waiting
-        waiting.clear()
-        yield packet
-    for held in waiting:
-        held.dts = held.pts
-        yield held
+        if packet.dts is not None or known:
+            if packet.dts is None:
+                packet.dts = head[-1].dts + 1
+            known += 1
+        head.append(packet)
+        if known == 2:
+            _stamp_head(head)
+            last = head[-1].dts
+            yield from head
+    if known < 2:
+        _stamp_head(head)
+        yield from head
+
+
+def _stamp_head(head: list[av.Packet]) -> None:
+    """Give the packets before the first known decode time theirs, one frame step apart."""
+    waiting = [packet for packet in head if packet.dts is None]
+    if not waiting:
+        return
+    known = [packet.dts for packet in head if packet.dts is not None]
+    step = known[1] - known[0] if len(known) == 2 else 0
+    if step <= 0:
+        # Too short a part to tell: the smallest gap between display times is one frame.
+        ordered = sorted(packet.pts for packet in head)
+        step = min((b - a for a, b in itertools.pairwise(ordered) if b > a), default=1)
+    first = known[0] if known else min(packet.pts for packet in head)
+    for ahead, held in enumerate(waiting):
+        held.dts = min(first - (len(waiting) - ahead) * step, held.pts)
 
 
 def _source_packets(
@@ -431,7 +487,7 @@ class _AudioTranscoder:
         layout = _LAYOUTS.get(channels, "stereo")
         self.stream = out.add_stream(codec, rate=rate)
         self.stream.layout = layout
-        self.stream.metadata.update(_fresh(source.metadata))
+        self.stream.metadata.update(_stream_tags(source))
         sample_format = encoder.audio_formats[0].name if encoder.audio_formats else "fltp"
         self.stream.format = sample_format
         self.resampler = av.AudioResampler(
@@ -473,7 +529,7 @@ class _SubtitleTranscoder:
         self.stream.time_base = source.time_base
         self.stream.codec_context.time_base = source.time_base
         self.stream.codec_context.subtitle_header = getattr(context, "subtitle_header", None) or ASS_HEADER
-        self.stream.metadata.update(_fresh(source.metadata))
+        self.stream.metadata.update(_stream_tags(source))
 
     def packets(self, packet: av.Packet) -> list[av.Packet]:
         produced = []

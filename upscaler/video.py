@@ -129,7 +129,7 @@ class VideoInfo:
     @property
     def is_yuv(self) -> bool:
         """True when pixels are YUV (or gray), so a matrix and a range apply to them."""
-        return _is_yuv(self.pix_fmt)
+        return is_yuv_format(self.pix_fmt)
 
     def conversion(self) -> ColourTags:
         """The matrix and range that YUV <-> RGB conversions use for this source: the stated ones, else the
@@ -155,7 +155,8 @@ class VideoFrame:
     rgb: np.ndarray
 
 
-def _is_yuv(pix_fmt: str) -> bool:
+def is_yuv_format(pix_fmt: str) -> bool:
+    """True for YUV and gray pixel formats (FFmpeg's names), which a matrix and a range apply to."""
     return pix_fmt.startswith(("yuv", "nv", "gray", "p01", "p21", "y2", "uyv", "yuyv"))
 
 
@@ -360,15 +361,14 @@ class _Decoded:
     def _run(self) -> Iterator[tuple[int, av.VideoFrame]]:
         frames = self._raw(self.seek_to)
         first = next(frames, None)
-        if (
-            first is not None
-            and self.seek_to is not None
-            and first.pts is not None
-            and first.pts > self.seek_to
+        if self.seek_to is not None and (
+            first is None or (first.pts is not None and first.pts > self.seek_to)
         ):
-            # The demuxer landed after the target (no index, or a container that seeks by bytes): start over
-            # from the beginning rather than lose frames.
+            # The demuxer landed after the target (no index, or a container that seeks by bytes), or on a
+            # frame the decoder cannot start from with no keyframe after it (MPEG-TS seeks to any packet,
+            # whatever any_frame says): start over from the beginning rather than lose frames.
             frames.close()
+            self.reason = None
             frames = self._raw(None)
             first = next(frames, None)
         if first is None:

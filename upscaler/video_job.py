@@ -202,9 +202,9 @@ def plan_video_job(
     source, destination = Path(source), Path(destination)
     if outscale is not None and not outscale > 0:
         raise InputError(f"--outscale: must be greater than 0 (got {outscale:g})")
-    if start is not None and not start >= 0:
+    if start is not None and not (start >= 0 and math.isfinite(start)):
         raise InputError(f"--start: must be 0 or more seconds (got {start:g})")
-    if duration is not None and not duration > 0:
+    if duration is not None and not (duration > 0 and math.isfinite(duration)):
         raise InputError(f"--duration: must be more than 0 seconds (got {duration:g})")
     if part_frames < 1:
         raise ValueError(f"part_frames must be at least 1, got {part_frames}")
@@ -626,6 +626,15 @@ def _mux(plan: VideoPlan, journal: Journal) -> list[str]:
             duration=plan.duration,
         )
         os.replace(temporary, destination)
+    except OutputError as error:
+        temporary.unlink(missing_ok=True)
+        # The person knows the output by its name, not by the temporary file's.
+        error.message = error.message.replace(temporary.name, destination.name)
+        error.args = (error.message,)
+        raise
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OutputError(f"{destination}: cannot be written: {error.strerror or error}") from None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

@@ -167,3 +167,27 @@ def test_part_pads_odd_sizes_and_checks_shapes(tmp_path: Path, cfr: VideoInfo) -
         PartWriter(tmp_path / "bad.nut", cfr, encoding, 64, 48) as writer,
     ):
         writer.write(0, np.zeros((48, 63, 3), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("codec", "pix_fmt", "options"),
+    [("libx264rgb", None, ()), ("libvpx-vp9", "gbrp", (("lossless", "1"), ("deadline", "realtime")))],
+)
+def test_rgb_pixel_formats_are_tagged_rgb_and_keep_their_colours(
+    tmp_path: Path, codec: str, pix_fmt: str | None, options: tuple
+) -> None:
+    # An RGB format tagged with the source's YUV matrix has its G, B, R planes read as Y, Cb, Cr.
+    info = probe_video(clips.colour_bars_clip(tmp_path))
+    settings = EncodeSettings(codec=codec, pix_fmt=pix_fmt, crf=0, options=options)
+    encoding = resolve_encoding(tmp_path / "o.mkv", info, settings)
+    assert encoding.colour.matrix == "gbr" and encoding.colour.range == "pc"
+    write_part(tmp_path / "p.nut", info, encoding, decode_frames(info))
+    part = probe_video(tmp_path / "p.nut")
+    assert part.colour.matrix == "gbr" and not part.is_yuv
+    means = clips.bar_means(next(decode_frames(part)).rgb)
+    assert np.abs(means - np.array(clips.BARS)).max() <= 2.0
+
+
+def test_libx264rgb_takes_crf_and_preset(cfr: VideoInfo) -> None:
+    encoding = resolve_encoding(Path("o.mkv"), cfr, EncodeSettings(codec="libx264rgb", crf=0, preset="fast"))
+    assert encoding.describe() == "libx264rgb crf 0 preset fast bgr0"

@@ -239,3 +239,72 @@ def test_missing_or_mismatched_parts_fail_and_leave_nothing(tmp_path: Path) -> N
     with pytest.raises(OutputError, match=r"^other.nut: encoded with other settings than part-000.nut$"):
         mux_output([parts[0], other], info, tmp_path / "out.mp4", encoding)
     assert not (tmp_path / "out.mp4").exists()
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_mp4_sample_durations_are_whole_frames_across_parts(tmp_path: Path, suffix: str) -> None:
+    # MP4 takes each sample's duration from the decode times; the first packets of every part (B-frames
+    # delay them) once got decode times 1 ms apart, which made those samples 1 ms long and the track
+    # two frames short.
+    source = clips.cfr_clip(tmp_path, frames=24)
+    _, parts, _ = upscale_at_1x(source, tmp_path / f"out{suffix}", part_frames=8)
+    assert len(parts) == 3
+    with av.open(str(tmp_path / f"out{suffix}")) as out:
+        video = out.streams.video[0]
+        durations = {p.duration * p.time_base for p in out.demux(video) if p.size}
+        assert video.duration * video.time_base == 1
+    assert durations == {Fraction(1, 24)}
+
+
+def test_mp4_track_titles_are_kept(tmp_path: Path) -> None:
+    # MP4 reads a track's title back as 'name' but writes it only from 'title'.
+    source = clips.cfr_clip(tmp_path, frames=8)
+    for suffix in (".mp4", ".mkv"):
+        upscale_at_1x(source, tmp_path / f"out{suffix}")
+        assert [o.title for o in probe_video(tmp_path / f"out{suffix}").others] == ["tone"]
+        with av.open(str(tmp_path / f"out{suffix}")) as out:
+            assert out.streams.video[0].metadata.get("title", out.streams.video[0].metadata.get("name")) == (
+                "picture"
+            )
+
+
+@pytest.mark.skipif("libsvtav1" not in av.codecs_available, reason="this FFmpeg has no libsvtav1")
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_av1_parts_mux(tmp_path: Path, suffix: str) -> None:
+    # AV1 parts decode with 'libdav1d', a name PyAV's add_stream_from_template looked up as an encoder.
+    source = clips.cfr_clip(tmp_path, frames=12, audio=False)
+    upscale_at_1x(source, tmp_path / f"out{suffix}", EncodeSettings(codec="libsvtav1", preset="12"))
+    out = probe_video(tmp_path / f"out{suffix}")
+    assert out.codec in ("libdav1d", "av1", "libaom-av1") and len(seconds(out)) == 12
+
+
+def test_a_write_failing_as_the_file_is_closed_is_one_output_error(tmp_path: Path) -> None:
+    # A full disk often shows only when the muxer flushes and writes its trailer on close, which was
+    # outside the error handling: "internal error: OSError ... please report it".
+    import resource
+    import signal
+
+    source = clips.cfr_clip(tmp_path, frames=12)
+    info, parts, _ = upscale_at_1x(source, tmp_path / "first.mkv")
+    size = (tmp_path / "first.mkv").stat().st_size
+    assert size < 32768  # all of it sits in FFmpeg's write buffer until the file is closed
+    encoding = resolve_encoding(tmp_path / "out.mkv", info, LOSSLESS)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, hard))
+    try:
+        with pytest.raises(OutputError, match=r"^out.mkv: writing failed: File too large$"):
+            mux_output(parts, info, tmp_path / "out.mkv", encoding)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert not (tmp_path / "out.mkv").exists()
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_hevc_in_mp4_is_tagged_hvc1_for_apple_players(tmp_path: Path, suffix: str) -> None:
+    source = clips.cfr_clip(tmp_path, frames=8, audio=False)
+    upscale_at_1x(source, tmp_path / f"out{suffix}", EncodeSettings(codec="libx265", preset="ultrafast"))
+    with av.open(str(tmp_path / f"out{suffix}")) as out:
+        assert out.streams.video[0].codec_context.codec_tag == "hvc1"
+        assert len(list(out.decode(video=0))) == 8

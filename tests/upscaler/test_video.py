@@ -159,3 +159,12 @@ def test_deinterlace_real_interlaced_clip() -> None:
     plain = [frame.pts for frame in decode_frames(info, duration=0.2)]
     woven = [frame.pts for frame in decode_frames(info, duration=0.2, deinterlace=True)]
     assert woven == plain and len(plain) == 6
+
+
+def test_mpeg_ts_resume_after_a_seek_that_decodes_nothing() -> None:
+    # MPEG-TS seeks to any packet, keyframe or not; after the last keyframe the decoder then gives no
+    # frame at all, and a resumed job used to finish with the frames after `after_pts` silently missing.
+    info = probe_video(shared_data("video", "fixture-raw.mts"))
+    pts = [frame.pts for frame in decode_frames(info)]
+    for index in (5, 17, 29):
+        assert [frame.pts for frame in decode_frames(info, after_pts=pts[index])] == pts[index + 1 :]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,14 @@ def test_a_window_after_the_end_is_refused(tmp_path: Path) -> None:
     source = clips.cfr_clip(tmp_path, frames=6, audio=False)
     with pytest.raises(InputError, match="--start 30"):
         plan(source, tmp_path / "out.mkv", start=30)
+
+
+@pytest.mark.parametrize("window", [{"duration": float("inf")}, {"start": float("nan")}, {"start": -1.0}])
+def test_a_window_that_is_not_a_finite_time_is_refused(tmp_path: Path, window: dict) -> None:
+    # An infinite --duration once reached the decoder and failed there as an internal error.
+    source = clips.cfr_clip(tmp_path, frames=6, audio=False)
+    with pytest.raises(InputError, match="^--(start|duration): must be"):
+        plan(source, tmp_path / "out.mkv", **window)
 
 
 def test_interlaced_input_without_deinterlace_is_warned_about(tmp_path: Path) -> None:
@@ -374,6 +383,37 @@ def test_a_failed_mux_leaves_no_output_and_the_next_run_only_muxes(tmp_path: Pat
     assert counting.calls == 0 and report.frames == report.resumed_frames == 12
     assert len(check.decode(out).times) == 12
     assert leftovers(tmp_path, {"cfr.mp4", "out.mp4"}) == []
+
+
+def test_a_failed_mux_names_the_output_not_its_temporary_file(tmp_path: Path, monkeypatch) -> None:
+    import upscaler.video_job
+
+    def failing_mux(parts, source, destination, encoding, **options):
+        destination.write_bytes(b"half a file")
+        raise OutputError(f"{destination.name}: writing failed: No space left on device")
+
+    monkeypatch.setattr(upscaler.video_job, "mux_output", failing_mux)
+    source = clips.cfr_clip(tmp_path, frames=4, audio=False)
+    with pytest.raises(OutputError) as caught:
+        run_video_job(plan(source, tmp_path / "out.mkv"), nearest)
+    assert str(caught.value) == "out.mkv: writing failed: No space left on device"
+    assert leftovers(tmp_path, {"cfr.mp4"}) == [".out.mkv.upscale-parts"]
+
+
+def test_a_failed_rename_is_an_output_error(tmp_path: Path, monkeypatch) -> None:
+    import upscaler.video_job
+
+    replace = os.replace
+
+    def failing_replace(source, destination):
+        if Path(destination).name == "out.mkv":
+            raise PermissionError(13, "Permission denied")
+        replace(source, destination)
+
+    monkeypatch.setattr(upscaler.video_job.os, "replace", failing_replace)
+    source = clips.cfr_clip(tmp_path, frames=4, audio=False)
+    with pytest.raises(OutputError, match="out.mkv: cannot be written: Permission denied"):
+        run_video_job(plan(source, tmp_path / "out.mkv"), nearest)
 
 
 def test_a_file_without_video_is_refused(tmp_path: Path) -> None:

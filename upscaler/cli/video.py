@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -10,28 +13,41 @@ from pathlib import Path
 import click
 
 from upscaler.cli.options import ModelRun, model_options
+from upscaler.errors import OutputError
 
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)$")
 
 
 class Seconds(click.ParamType):
-    """Seconds (`90`, `12.5`) or a clock time (`1:30`, `0:01:30.5`)."""
+    """Seconds (`90`, `12.5`) or a clock time (`1:30`, `0:01:30.5`); 0 or more, or more than 0 when
+    `positive`, else a usage error."""
 
     name = "SECONDS|[H:]M:S"
+
+    def __init__(self, *, positive: bool = False) -> None:
+        self.positive = positive
 
     def convert(self, value, param, ctx):
         if isinstance(value, float):
             return value
         text = str(value).strip()
         clock = _CLOCK.match(text)
+        seconds = None
         try:
             if clock:
-                hours, minutes, seconds = clock.groups()
-                return int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
-            return float(text)
+                hours, minutes, rest = clock.groups()
+                seconds = int(hours or 0) * 3600 + int(minutes) * 60 + float(rest)
+            else:
+                seconds = float(text)
         except ValueError:
             pass
-        self.fail(f"expected seconds (12.5) or a time ([H:]M:S), got {value!r}", param, ctx)
+        if seconds is None or not math.isfinite(seconds):
+            self.fail(f"expected seconds (12.5) or a time ([H:]M:S), got {value!r}", param, ctx)
+        if self.positive and not seconds > 0:
+            self.fail(f"must be more than 0 seconds (got {value})", param, ctx)
+        if seconds < 0:
+            self.fail(f"must be 0 or more seconds (got {value})", param, ctx)
+        return seconds
 
 
 class KeyValue(click.ParamType):
@@ -74,7 +90,11 @@ class KeyValue(click.ParamType):
     help="An option for the encoder, KEY=VALUE (repeatable), e.g. tune=film or x264-params=aq-mode=3.",
 )
 @click.option("--start", type=Seconds(), help="Start this far into the video (seconds or [H:]M:S).")
-@click.option("--duration", type=Seconds(), help="Upscale only this long (seconds or [H:]M:S); for previews.")
+@click.option(
+    "--duration",
+    type=Seconds(positive=True),
+    help="Upscale only this long (seconds or [H:]M:S); for previews.",
+)
 @click.option("--no-audio", is_flag=True, help="Leave the audio streams out.")
 @click.option("--deinterlace", is_flag=True, help="Deinterlace interlaced video first (FFmpeg's bwdif).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (never the input).")
@@ -129,6 +149,9 @@ def video(
     from upscaler.upscaling import open_upscaler
     from upscaler.video_job import plan_video_job, run_video_job
 
+    # SVT-AV1 prints a banner of a dozen lines on every encoder it opens (each part opens one); its
+    # svtav1-params have no log level, only this variable: errors only, unless the user set it.
+    os.environ.setdefault("SVT_LOG", "1")
     loaded = load_model(run.model)
     backend_name = get_backend(run.backend, run.backend_options).name
     # What about the model and its running changes the pixels, so a journal made otherwise is not reused.
@@ -256,4 +279,13 @@ class _Display:
 
 
 def _json_line(data: dict) -> None:
-    click.echo(json.dumps(data))
+    try:
+        click.echo(json.dumps(data))
+    except BrokenPipeError:
+        # The reader went away (`| head`, a closed GUI): stop the job with a line that says so, and point
+        # stdout at /dev/null so that Python's own flush at exit does not fail again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise OutputError(
+            "--progress json: the reader of the progress lines went away (broken pipe)"
+        ) from None

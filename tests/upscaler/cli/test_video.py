@@ -181,6 +181,21 @@ def test_bad_option_values_are_usage_errors(tmp_path: Path) -> None:
     assert run("video", "a.mp4", "b.mp4", "--progress", "loud").exit_code == 2
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--start", "-1", "must be 0 or more seconds"),
+        ("--duration", "0", "must be more than 0 seconds"),
+        ("--duration", "-0:05", "expected seconds"),
+        ("--duration", "inf", "expected seconds"),  # once a decode failure 'to report'
+        ("--start", "nan", "expected seconds"),
+    ],
+)
+def test_windows_out_of_range_are_usage_errors(option: str, value: str, message: str) -> None:
+    result = run("video", "a.mp4", "b.mp4", option, value)
+    assert result.exit_code == 2 and message in result.output
+
+
 # ------------------------------------------------------------------------ every clip of the shared data
 
 FAST = ("--preset", "ultrafast")
@@ -252,3 +267,16 @@ def test_the_corrupt_shared_clip_is_one_error_line(tmp_path: Path, weights: Path
     lines = error_lines(result.output)
     assert len(lines) == 1 and "fixture-corrupt.mkv" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_closed_json_reader_is_one_clear_error(monkeypatch) -> None:
+    # `upscale video ... --progress json | head -1` once ended in "BrokenPipeError ... please report it".
+    from upscaler.cli import video as command
+    from upscaler.errors import OutputError
+
+    def closed(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(command.click, "echo", closed)
+    with pytest.raises(OutputError, match="reader of the progress lines went away"):
+        command._json_line({"event": "progress"})

@@ -144,7 +144,7 @@ def _mux(
         out = stack.enter_context(av.open(str(destination), "w", format=encoding.container, options=options))
         out.metadata.update(_fresh(src.metadata))
         video = _video_stream_like(out, template)
-        video.metadata.update(_stream_tags(src.streams[source.stream_index]))
+        video.metadata.update(_stream_tags(src.streams[source.stream_index], out.format.name))
         with contextlib.suppress(ValueError, AttributeError):
             video.disposition = src.streams[source.stream_index].disposition
         # NUT parts keep colour tags only where the bitstream does (H.264 VUI has all four, VP9 no
@@ -220,12 +220,25 @@ def _fresh(metadata: dict[str, str]) -> dict[str, str]:
     }
 
 
-def _stream_tags(stream: av.stream.Stream) -> dict[str, str]:
+# ISO 639-2 gives some languages two codes (/T 'deu', /B 'ger'). QuickTime stores Macintosh language
+# codes, and FFmpeg's mov muxer finds each under one spelling only, mostly /B but 'fra', 'ces', 'ron' and
+# 'slk' as /T (measured with PyAV 18); the other spelling is dropped as unknown unless respelled.
+_QUICKTIME_SPELLING = {
+    "sqi": "alb", "hye": "arm", "eus": "baq", "mya": "bur", "zho": "chi", "nld": "dut", "kat": "geo",
+    "deu": "ger", "ell": "gre", "isl": "ice", "mkd": "mac", "msa": "may", "fas": "per", "bod": "tib",
+    "cym": "wel", "cze": "ces", "fre": "fra", "rum": "ron", "slo": "slk",
+}  # fmt: skip
+
+
+def _stream_tags(stream: av.stream.Stream, container: str = "") -> dict[str, str]:
     """A stream's metadata for the output. MP4/MOV keep a track's title in a 'name' box that the demuxer
-    reads back as 'name' but the muxers write only from 'title': renamed, or every MP4 title is lost."""
+    reads back as 'name' but the muxers write only from 'title': renamed, or every MP4 title is lost.
+    For MOV a language code is respelled the way QuickTime's language table knows it."""
     tags = _fresh(stream.metadata)
     if "name" in tags and not tags.get("title"):
         tags["title"] = tags.pop("name")
+    if container == "mov" and tags.get("language") in _QUICKTIME_SPELLING:
+        tags["language"] = _QUICKTIME_SPELLING[tags["language"]]
     return tags
 
 
@@ -308,7 +321,7 @@ def _plan_stream(
 
 def _copy_stream(out: av.container.OutputContainer, stream: av.stream.Stream) -> av.stream.Stream:
     copy = out.add_stream_from_template(stream)
-    copy.metadata.update(_stream_tags(stream))
+    copy.metadata.update(_stream_tags(stream, out.format.name))
     with contextlib.suppress(ValueError, AttributeError):
         copy.disposition = stream.disposition
     return copy
@@ -487,7 +500,7 @@ class _AudioTranscoder:
         layout = _LAYOUTS.get(channels, "stereo")
         self.stream = out.add_stream(codec, rate=rate)
         self.stream.layout = layout
-        self.stream.metadata.update(_stream_tags(source))
+        self.stream.metadata.update(_stream_tags(source, out.format.name))
         sample_format = encoder.audio_formats[0].name if encoder.audio_formats else "fltp"
         self.stream.format = sample_format
         self.resampler = av.AudioResampler(
@@ -529,7 +542,7 @@ class _SubtitleTranscoder:
         self.stream.time_base = source.time_base
         self.stream.codec_context.time_base = source.time_base
         self.stream.codec_context.subtitle_header = getattr(context, "subtitle_header", None) or ASS_HEADER
-        self.stream.metadata.update(_stream_tags(source))
+        self.stream.metadata.update(_stream_tags(source, out.format.name))
 
     def packets(self, packet: av.Packet) -> list[av.Packet]:
         produced = []

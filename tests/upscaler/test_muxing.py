@@ -308,3 +308,12 @@ def test_hevc_in_mp4_is_tagged_hvc1_for_apple_players(tmp_path: Path, suffix: st
     with av.open(str(tmp_path / f"out{suffix}")) as out:
         assert out.streams.video[0].codec_context.codec_tag == "hvc1"
         assert len(list(out.decode(video=0))) == 8
+
+
+def test_mov_keeps_languages_it_knows_under_their_other_iso_code(tmp_path: Path) -> None:
+    # QuickTime stores Macintosh language codes, which FFmpeg finds under one ISO 639-2 spelling only
+    # ('ger', but 'fra'); the other ('deu') used to be dropped as unknown.
+    source = clips.subtitle_clip(tmp_path, "mp4")
+    upscale_at_1x(source, tmp_path / "out.mov")
+    languages = {o.kind: o.language for o in probe_video(tmp_path / "out.mov").others}
+    assert (languages["audio"], languages["subtitle"]) == ("fra", "ger")

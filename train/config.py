@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import json
 import math
 import sys
@@ -149,6 +150,27 @@ class Recipe:
 
         return get_architecture(self.model.arch).scale(self.model.config)
 
+    @property
+    def summary(self) -> str:
+        """What this configuration trains, from its resolved values (the recipe's `description` is prose
+        that an override can make wrong): `compact (64 ch, 16 convs) x4 on L1`."""
+        config = {**model_defaults(self.model.arch), **self.model.config}
+        details = [text.format(config[key]) for key, text in _SUMMARY_KEYS if key in config]
+        if "batch_norm" in config:
+            details.append("batch norm" if config["batch_norm"] else "no batch norm")
+        losses = self.losses
+        terms = [
+            term
+            for term, used in (
+                (losses.pixel.upper(), losses.pixel_weight > 0),
+                (f"perceptual {losses.perceptual_layer}", losses.uses_vgg),
+                ({"ragan": "RaGAN", "vanilla": "GAN"}.get(losses.gan, losses.gan), losses.uses_gan),
+            )
+            if used
+        ]
+        described = f"{self.model.arch} ({', '.join(details)})" if details else self.model.arch
+        return f"{described} x{self.scale} on {' + '.join(terms)}"
+
     def to_dict(self) -> dict[str, Any]:
         """The plain table this recipe was built from (optional sections left out when absent)."""
         table = asdict(self)
@@ -203,12 +225,20 @@ def read_config_file(path: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- overrides
 
 
-def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """`base` with `override` laid on top; tables merge key by key, anything else is replaced."""
+def merge(base: Mapping[str, Any], override: Mapping[str, Any], _prefix: str = "") -> dict[str, Any]:
+    """`base` with `override` laid on top; tables merge key by key, anything else is replaced.
+
+    A table laid over a value that is not one is a ConfigError naming the key: the earlier layer put a
+    value where a table belongs (`--set data=3` and then `--data DIR`), and replacing it would report
+    the table's keys as missing instead.
+    """
     merged = copy.deepcopy(dict(base))
     for key, value in override.items():
+        path = f"{_prefix}.{key}" if _prefix else str(key)
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merge(merged[key], value)
+            merged[key] = merge(merged[key], value, path)
+        elif isinstance(value, Mapping) and key in merged:
+            raise ConfigError(f"{path}: must be a table ([{path}]; got {_shown(merged[key])})")
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -246,6 +276,13 @@ def resolve(table: Mapping[str, Any], overrides: Sequence[Mapping[str, Any]] = (
 # ---------------------------------------------------------------------------------------------- check
 
 
+def _shown(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 def _type_name(kind: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, str(kind))
 
@@ -268,7 +305,7 @@ def _convert(value: Any, kind: Any, key: str) -> Any:
         )
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: must be a table")
+            raise ConfigError(f"{key}: must be a table (got {_shown(value)})")
         return dict(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -283,7 +320,7 @@ def _convert(value: Any, kind: Any, key: str) -> Any:
 
 def _section(cls: type, table: Any, prefix: str) -> Any:
     if not isinstance(table, Mapping):
-        raise ConfigError(f"{prefix}: must be a table ([{prefix}])")
+        raise ConfigError(f"{prefix}: must be a table ([{prefix}]; got {_shown(table)})")
     hints = typing.get_type_hints(cls)
     known = [item.name for item in fields(cls)]
     unknown = [key for key in table if key not in known]
@@ -312,6 +349,25 @@ def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
 
 # Model config sizes that must not be 0 (counts of blocks and convs may be).
 _POSITIVE_MODEL_KEYS = ("num_feat", "num_grow_ch", "num_in_ch", "num_out_ch", "scale", "upscale")
+# The model config keys a Recipe's summary shows, and how.
+_SUMMARY_KEYS = (
+    ("num_feat", "{} ch"),
+    ("num_block", "{} blocks"),
+    ("num_grow_ch", "{} grow ch"),
+    ("num_conv", "{} convs"),
+)
+
+
+def model_defaults(arch: str) -> dict[str, Any]:
+    """The config keys architecture `arch` takes, with their defaults (None where it has none)."""
+    from upscaler.models import get_architecture
+
+    parameters = inspect.signature(get_architecture(arch).cls).parameters.values()
+    return {
+        parameter.name: None if parameter.default is parameter.empty else parameter.default
+        for parameter in parameters
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    }
 
 
 @functools.lru_cache(maxsize=32)
@@ -323,6 +379,10 @@ def _model_problem(arch: str, config_json: str) -> str | None:
     from upscaler.models import build_model, get_architecture
 
     config = json.loads(config_json)
+    known = list(model_defaults(arch))
+    unknown = [name for name in config if name not in known]
+    if unknown:
+        return f"model.config.{unknown[0]}: unknown key for {arch}; known: {', '.join(known)}"
     for name, value in config.items():
         counted = isinstance(value, int) and not isinstance(value, bool)
         if counted and (value < 0 or (value == 0 and name in _POSITIVE_MODEL_KEYS)):
@@ -369,7 +429,7 @@ def check(table: Mapping[str, Any]) -> Recipe:
 
     model_table = table["model"]
     if not isinstance(model_table, Mapping):
-        raise ConfigError("model: must be a table ([model])")
+        raise ConfigError(f"model: must be a table ([model]; got {_shown(model_table)})")
     unknown = [key for key in model_table if key not in ("arch", "config")]
     if unknown:
         raise ConfigError(f"unknown key model.{unknown[0]}; known in [model]: arch, config")

@@ -59,6 +59,8 @@ from upscaler.values import SizeRequirement
 
 # How many validation images samples.png shows.
 SAMPLE_IMAGES = 4
+# How train() shows its progress (see its docstring).
+PROGRESS = ("bar", "lines", "none")
 
 
 @dataclass(frozen=True)
@@ -82,15 +84,20 @@ def train(
     resume: bool = False,
     vgg: nn.Module | None = None,
     report: Callable[[str], None] = lambda line: None,
-    progress: bool = False,
+    progress: str = "none",
     command: str = "",
 ) -> RunResult:
     """Run `recipe` in `run_dir` (continue its newest checkpoint when `resume`).
 
     vgg: the perceptual loss's feature network; None loads ImageNet VGG19 from `losses.vgg_weights`
     or the torch hub cache (tests pass a random one explicitly). report: one line of news at a time
-    (skipped files, where things were written). progress: show a tqdm bar on stderr.
+    (skipped files, where things were written). progress: "bar", a tqdm bar on stderr (for a terminal);
+    "lines", a line to `report` every `train.log_every` iterations with the losses, speed and ETA (for a
+    log file, where a bar's carriage returns pile up); "none". command: the command line that started
+    this run (or resumed it); the model card lists every one, the first as its `command`.
     """
+    if progress not in PROGRESS:
+        raise ValueError(f"train: progress must be one of {', '.join(PROGRESS)} (got {progress!r})")
     run_dir = Path(run_dir)
     cfg, losses_cfg = recipe.train, recipe.losses
     place = distributed.from_environment()
@@ -171,6 +178,7 @@ def train(
         except OSError as exc:
             what = "it is a file" if run_dir.is_file() else exc.strerror or str(exc)
             raise OutputError(f"cannot make the run folder {run_dir} (--out): {what}") from None
+    report(f"Training {recipe.name}: {recipe.summary}.")
 
     schedule = recipe.scheduler
     if schedule.kind == "cosine" and schedule.period != cfg.iterations:
@@ -264,6 +272,10 @@ def train(
 
     history: dict[str, Any] = {"losses": {}, "psnr": [], "ssim": []}
     wall_time = 0.0
+    # the command that started the run, then each that resumed it
+    commands = (_earlier_commands(checkpoint, run_dir / f"{recipe.name}.json") if checkpoint else []) + (
+        [command] if command else []
+    )
     if checkpoint is not None:
         net_g.load_state_dict(checkpoint["net_g"])
         optim_g.load_state_dict(checkpoint["optim_g"])
@@ -307,6 +319,7 @@ def train(
             },
             "history": history,
             "wall_time": wall_time + time.monotonic() - started,
+            "commands": commands,
         }
 
     # --- logs ---------------------------------------------------------------------------------------
@@ -364,12 +377,14 @@ def train(
     bar = tqdm(
         total=cfg.iterations,
         initial=start,
-        disable=not (progress and place.is_main),
+        disable=not (progress == "bar" and place.is_main),
         dynamic_ncols=True,
         file=sys.stderr,
         desc=recipe.name,
     )
     iteration, interrupted, saved, last_scores = start, False, None, None
+    # for "lines": the speed over the last log_every iterations, everything included (validation too)
+    line_clock, line_iteration = time.monotonic(), start
     if resume and validation and history["psnr"] and history["psnr"][-1][0] == start:
         # a finished run resumed without more iterations: its last validation stands (not measured twice)
         last_scores = (history["psnr"][-1][1], history["ssim"][-1][1])
@@ -455,6 +470,11 @@ def train(
                 train_csv.write(iteration, {**means, "lr": lr, "s_per_it": seconds})
                 board.write(iteration, {**means, "lr": lr, "s_per_it": seconds}, "train")
                 bar.set_postfix({name: f"{value:.4g}" for name, value in means.items()} | {"lr": f"{lr:.2g}"})
+                if progress == "lines":
+                    now = time.monotonic()
+                    rate = (iteration - line_iteration) / max(now - line_clock, 1e-9)
+                    line_clock, line_iteration = now, iteration
+                    report(_progress_line(iteration, cfg.iterations, means, lr, rate))
             if iteration % cfg.val_every == 0 and validation:
                 last_scores = validate(iteration)
                 report(
@@ -498,7 +518,7 @@ def train(
                 scores=last_scores,
                 bicubic=bicubic_scores if validation else None,
                 validation_set=data_cfg.val,
-                command=command,
+                commands=commands,
                 device=device,
                 world_size=place.world_size,
                 ema=ema is not None,
@@ -633,7 +653,7 @@ def _write_card(
     scores: tuple[float, float] | None,
     bicubic: tuple[float, float] | None,
     validation_set: str,
-    command: str,
+    commands: list[str],
     device: torch.device,
     world_size: int,
     ema: bool,
@@ -646,12 +666,13 @@ def _write_card(
         "config": recipe.model.config,
         "scale": recipe.scale,
         "recipe": recipe.name,
-        "description": recipe.description,
+        "description": recipe.summary,  # from the resolved config: --set may have changed the recipe
         "generator": "EMA of the generator" if ema else "the generator",
         "iterations": iteration,
         "wall_time_s": round(wall_time, 1),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
+        "command": commands[0] if commands else "",  # the command that started the run
+        "commands": commands,  # that one, then each --resume
         "device": str(device),
         "processes": world_size,
         "torch": torch.__version__,
@@ -678,6 +699,28 @@ def _write_card(
     }
     write_bytes_atomically(path, (json.dumps(card, indent=2, allow_nan=False) + "\n").encode())
     return path
+
+
+def _progress_line(iteration: int, iterations: int, means: dict[str, float], lr: float, rate: float) -> str:
+    """`iteration 200/1000: pixel 0.0213, lr 0.0002; 3.41 it/s, ETA 0:03:54` (a line for a log file)."""
+    losses = ", ".join(f"{name} {value:.4g}" for name, value in means.items())
+    eta = int(round((iterations - iteration) / rate)) if rate > 0 else None
+    when = "?" if eta is None else f"{eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
+    return f"iteration {iteration}/{iterations}: {losses}, lr {lr:.3g}; {rate:.3g} it/s, ETA {when}"
+
+
+def _earlier_commands(checkpoint: dict[str, Any], card: Path) -> list[str]:
+    """The commands of the run so far: from the checkpoint, or, for one written before checkpoints
+    kept them, from the card of a finished earlier part (empty when there is neither)."""
+    if "commands" in checkpoint:
+        return list(checkpoint["commands"])
+    try:
+        written = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if isinstance(written.get("commands"), list):
+        return [str(item) for item in written["commands"]]
+    return [written["command"]] if isinstance(written.get("command"), str) and written["command"] else []
 
 
 def _rounded(value: float, digits: int) -> float | None:

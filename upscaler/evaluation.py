@@ -55,6 +55,16 @@ class ImageScore:
 
 
 @dataclass(frozen=True)
+class EvalProgress:
+    """How far a measurement is: `done` of `total` images finished; `name` is the image being measured
+    next (None once all are done)."""
+
+    done: int
+    total: int
+    name: str | None
+
+
+@dataclass(frozen=True)
 class EvalReport:
     images: list[ImageScore]
     scale: int
@@ -107,11 +117,13 @@ def evaluate_pairs(
     scale: int,
     names: Sequence[str] | None = None,
     bicubic: bool = True,
+    progress: Callable[[EvalProgress], None] | None = None,
 ) -> EvalReport:
     """Score `upscale` (LR float32 H x W x 3 in [0, 1] -> SR, `scale` times larger) on (LR, HR) pairs.
 
     With `bicubic`, bicubic upscaling of the same LR is scored beside it; `upscale` None scores
-    bicubic only. The border cropped is `scale` pixels.
+    bicubic only. The border cropped is `scale` pixels. `progress` receives an EvalProgress before
+    each image and one when all are done (the library never prints; the CLI draws a bar from these).
     """
     if upscale is None and not bicubic:
         raise ValueError("evaluate_pairs: nothing to measure (no upscale function and bicubic=False)")
@@ -119,8 +131,10 @@ def evaluate_pairs(
         names = [f"{index:04d}" for index in range(len(pairs))]
     if len(names) != len(pairs):
         raise ValueError(f"evaluate_pairs: {len(names)} names for {len(pairs)} pairs")
+    notify = progress or (lambda event: None)
     scores = []
-    for name, (lr, hr) in zip(names, pairs, strict=True):
+    for index, (name, (lr, hr)) in enumerate(zip(names, pairs, strict=True)):
+        notify(EvalProgress(done=index, total=len(pairs), name=name))
         _check_pair(name, lr, hr, scale)
         hr8 = to_uint8(hr)
         model_psnr = model_ssim = bicubic_psnr = bicubic_ssim = None
@@ -137,6 +151,7 @@ def evaluate_pairs(
             up8 = to_uint8(bicubic_resize(lr, width, height))
             bicubic_psnr, bicubic_ssim = psnr(up8, hr8, scale), ssim(up8, hr8, scale)
         scores.append(ImageScore(name, model_psnr, model_ssim, bicubic_psnr, bicubic_ssim))
+    notify(EvalProgress(done=len(pairs), total=len(pairs), name=None))
     return EvalReport(images=scores, scale=scale, border=scale)
 
 

@@ -130,7 +130,14 @@ def test_merge_replaces_leaves_and_merges_tables() -> None:
         ({"losses": {"perceptual_layer": "relu9"}}, "losses.perceptual_layer: must be one of"),
         ({"losses": {"gan_weight": 1e-3}}, "\\[discriminator\\]: missing"),
         ({"model": {"arch": "unet"}}, "model.arch: must be one of"),
-        ({"model": {"config": {"num_blocks": 3}}}, "model.config: cannot build"),
+        # an unknown config key read as Python's "__init__() got an unexpected keyword argument"
+        (
+            {"model": {"config": {"num_blocks": 3}}},
+            "^model.config.num_blocks: unknown key for rrdbnet; known: num_in_ch, num_out_ch, scale, "
+            "num_feat, num_block, num_grow_ch$",
+        ),
+        ({"model": {"config": 3}}, "^model.config: must be a table \\(got 3\\)$"),
+        ({"data": 3}, "^data: must be a table \\(\\[data\\]; got 3\\)$"),
         ({"optimiser": {}}, "unknown key optimiser"),
         ({"data": {"lq": "somewhere"}}, "data.lq and data.gt"),
         # non-finite numbers: an infinite lr trained to NaN weights, a NaN loss weight crashed the loop
@@ -146,6 +153,33 @@ def test_bad_values_fail_with_one_line_naming_the_key(override: dict, message: s
     with pytest.raises(ConfigError, match=message) as caught:
         resolve(load_table("rrdb-psnr"), [override])
     assert "\n" not in caught.value.message
+
+
+def test_a_table_laid_over_a_value_names_the_value_not_the_tables_keys() -> None:
+    # `--set data=3 --data DIR`: the flag's table replaced the 3, and the error was `data.patch_size: missing`
+    with pytest.raises(ConfigError, match="^data: must be a table \\(\\[data\\]; got 3\\)$"):
+        resolve(load_table("compact-psnr"), [nested("data", 3), nested("data.hr", ["x"])])
+    with pytest.raises(ConfigError, match="^model.config: must be a table"):
+        merge({"model": {"config": "big"}}, {"model": {"config": {"num_feat": 8}}})
+    assert merge({"a": 1}, {"a": [2]}) == {"a": [2]}  # values still replace values
+
+
+def test_summary_comes_from_the_resolved_configuration() -> None:
+    # The recipe's description says "16 convs" whatever --set model.config.num_conv says
+    assert resolve(load_table("compact-psnr")).summary == "compact (64 ch, 16 convs) x4 on L1"
+    changed = resolve(load_table("compact-psnr"), [nested("model.config.num_conv", 2)])
+    assert "16 convs" in changed.description
+    assert changed.summary == "compact (64 ch, 2 convs) x4 on L1"
+    assert resolve(load_table("esrgan")).summary == (
+        "rrdbnet (64 ch, 23 blocks, 32 grow ch) x4 on L1 + perceptual conv5_4 + RaGAN"
+    )
+    assert resolve(load_table("srresnet"), [nested("model.config.scale", 2)]).summary == (
+        "srresnet (64 ch, 16 blocks, batch norm) x2 on MSE"
+    )
+    # keys the recipe leaves out are shown with the architecture's defaults
+    table = load_table("compact-psnr")
+    del table["model"]["config"]["num_conv"]
+    assert "16 convs" in check(table).summary
 
 
 def test_missing_key_is_named() -> None:

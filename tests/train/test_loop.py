@@ -104,6 +104,7 @@ def test_every_recipe_runs_and_writes_a_loadable_model(name: str, images: Path, 
     assert len(card["data"]["digest_sha256"]) == 64 and card["data"]["images"] >= 2
     assert card["validation"]["psnr_y"] > 0 and 0 < card["validation"]["ssim_y"] <= 1
     assert card["generator"] == ("EMA of the generator" if recipe.train.ema_decay else "the generator")
+    assert card["description"] == recipe.summary  # from the resolved config, not the recipe's prose
 
     run = tmp_path / "run"
     for png in ("samples.png", "curves.png"):
@@ -165,6 +166,54 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(images: Path, tmp_path: P
     assert signal.getsignal(signal.SIGINT) is before
     resumed = train(recipe, tmp_path / "run", resume=True)
     assert resumed.iteration == 8 and resumed.weights is not None
+
+
+def test_the_card_lists_the_command_that_started_the_run_and_each_resume(
+    images: Path, tmp_path: Path
+) -> None:
+    # The card of a resumed run said only `upscale train --out RUN --resume`: how it began was lost
+    run = tmp_path / "run"
+    card = run / "compact-psnr.json"
+
+    def recipe(iterations: int):
+        return tiny_recipe("compact-psnr", images, train={"iterations": iterations, "checkpoint_every": 1})
+
+    train(recipe(1), run, command="upscale train --recipe compact-psnr")
+    assert json.loads(card.read_text())["commands"] == ["upscale train --recipe compact-psnr"]
+    card.unlink()  # as after a Ctrl-C: no card, the checkpoint remembers
+    train(recipe(2), run, resume=True, command="upscale train --resume --iterations 2")
+    written = json.loads(card.read_text())
+    assert written["command"] == "upscale train --recipe compact-psnr"  # still the start, for old readers
+    assert written["commands"] == [
+        "upscale train --recipe compact-psnr",
+        "upscale train --resume --iterations 2",
+    ]
+
+    # a checkpoint from before checkpoints kept the commands: the earlier card still has them
+    newest = run / "checkpoints" / "iter_00000002.pt"
+    old = load_checkpoint(newest)
+    del old["commands"]
+    torch.save(old, newest)
+    train(recipe(3), run, resume=True, command="upscale train --resume --iterations 3")
+    assert json.loads(card.read_text())["commands"] == [
+        "upscale train --recipe compact-psnr",
+        "upscale train --resume --iterations 2",
+        "upscale train --resume --iterations 3",
+    ]
+
+
+def test_progress_lines_for_a_log_file(images: Path, tmp_path: Path) -> None:
+    # without a terminal a tqdm bar piles carriage-return updates into the log: a line per log_every
+    recipe = tiny_recipe("compact-psnr", images, train={"iterations": 4, "log_every": 2})
+    lines: list[str] = []
+    train(recipe, tmp_path / "run", report=lines.append, progress="lines")
+    progress = [line for line in lines if line.startswith("iteration ")]
+    assert [line.split(":")[0] for line in progress] == ["iteration 2/4", "iteration 4/4"]
+    assert all(" pixel " in line and ", lr " in line and " it/s, ETA " in line for line in progress)
+    assert progress[-1].endswith("ETA 0:00:00")
+    assert f"Training compact-psnr: {recipe.summary}." in lines
+    with pytest.raises(ValueError, match="progress must be one of bar, lines, none"):
+        train(recipe, tmp_path / "other", progress="dots")
 
 
 def test_checkpoints_keep_the_newest_and_refuse_to_overwrite_a_run(images: Path, tmp_path: Path) -> None:

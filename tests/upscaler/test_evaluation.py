@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import shared_data
 from upscaler.errors import InputError, UpscaleError
-from upscaler.evaluation import evaluate_pairs, load_eval_set
+from upscaler.evaluation import EvalProgress, evaluate_pairs, load_eval_set
 from upscaler.metrics import psnr, to_uint8
 from upscaler.resampling import bicubic_resize
 
@@ -96,6 +96,27 @@ def test_means_are_over_images_in_db() -> None:
     data = report.to_dict()
     assert data["mean"]["bicubic_ssim"] == pytest.approx(report.mean_bicubic_ssim)
     assert [image["name"] for image in data["images"]] == ["0000", "0001", "0002"]
+
+
+def test_progress_is_reported_through_the_callback_before_each_image_and_at_the_end() -> None:
+    pairs = []
+    for seed in range(2):
+        hr = smooth_image(seed, 32, 32).astype(np.float32) / 255
+        pairs.append((bicubic_resize(hr, 8, 8), hr))
+    events: list[EvalProgress] = []
+    measured: list[int] = []
+
+    def upscale(lr: np.ndarray) -> np.ndarray:
+        measured.append(len(events))
+        return bicubic_resize(lr, 32, 32)
+
+    evaluate_pairs(upscale, pairs, 4, ["a.png", "b.png"], progress=events.append)
+    assert events == [
+        EvalProgress(done=0, total=2, name="a.png"),
+        EvalProgress(done=1, total=2, name="b.png"),
+        EvalProgress(done=2, total=2, name=None),
+    ]
+    assert measured == [1, 2]  # each image is announced before the model runs on it
 
 
 def test_a_model_of_the_wrong_scale_is_named() -> None:

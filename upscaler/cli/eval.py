@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import click
@@ -26,12 +27,14 @@ from upscaler.cli.options import ModelRun, model_options, print_table
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of a table.")
 @click.option("--bicubic-only", is_flag=True, help="Measure bicubic upscaling alone; no model is loaded.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (images done, the one being measured).")
 @model_options
 def eval_command(
     data,
     scale,
     as_json,
     bicubic_only,
+    no_progress,
     run: ModelRun,
 ) -> None:
     """Measure a model's PSNR and SSIM on a benchmark set, beside bicubic.
@@ -46,22 +49,32 @@ def eval_command(
     if bicubic_only and click.get_current_context().get_parameter_source("model").name != "DEFAULT":
         raise click.UsageError("--bicubic-only measures no model; leave out --model")
     check_eval_folder(data)
-    if bicubic_only:
-        evaluation = load_eval_set(data, scale or 4)
-        report = evaluate_pairs(None, _arrays(evaluation), evaluation.scale, _names(evaluation))
-        described = "bicubic only"
-    else:
-        with open_upscaler(run.model, run.backend, run.backend_options, run.tile_options) as upscaler:
-            if scale is not None and scale != upscaler.scale:
-                raise InputError(
-                    f"--scale: {scale} does not match model '{upscaler.model_name}', "
-                    f"which upscales x{upscaler.scale}"
-                )
-            evaluation = load_eval_set(data, upscaler.scale)
-            described = upscaler.description
+    bar = _Bar(enabled=not no_progress)
+    try:
+        if bicubic_only:
+            evaluation = load_eval_set(data, scale or 4)
             report = evaluate_pairs(
-                upscaler.upscale, _arrays(evaluation), evaluation.scale, _names(evaluation)
+                None, _arrays(evaluation), evaluation.scale, _names(evaluation), progress=bar
             )
+            described = "bicubic only"
+        else:
+            with open_upscaler(run.model, run.backend, run.backend_options, run.tile_options) as upscaler:
+                if scale is not None and scale != upscaler.scale:
+                    raise InputError(
+                        f"--scale: {scale} does not match model '{upscaler.model_name}', "
+                        f"which upscales x{upscaler.scale}"
+                    )
+                evaluation = load_eval_set(data, upscaler.scale)
+                described = upscaler.description
+                report = evaluate_pairs(
+                    upscaler.upscale,
+                    _arrays(evaluation),
+                    evaluation.scale,
+                    _names(evaluation),
+                    progress=bar,
+                )
+    finally:
+        bar.close()
     click.echo(
         f"{described}; {len(evaluation.pairs)} image(s) in {data}; LR: {evaluation.lr_source}; "
         f"Y of BT.601, border {report.border}",
@@ -93,6 +106,31 @@ def eval_command(
         )
     )
     print_table(rows)
+
+
+class _Bar:
+    """A tqdm bar on stderr fed by evaluate_pairs' progress events: images done, and the one under way
+    (a big model on a CPU takes minutes an image, so the name says which one it is working on)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=event.total, unit="image", file=sys.stderr, dynamic_ncols=True)
+        self.bar.set_postfix_str(event.name or "", refresh=False)
+        self.bar.update(event.done - self.bar.n)
+        self.bar.refresh()  # one event an image: show the name of the image under way at once
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _arrays(evaluation) -> list:

@@ -84,7 +84,11 @@ RECIPES = "srresnet, srgan, rrdb-psnr, esrgan, compact-psnr, compact-gan"
 @click.option(
     "--print-recipe", metavar="NAME", help="Print a bundled recipe's TOML (to copy and edit) and exit."
 )
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    help="No progress bar (without a terminal: no progress line every train.log_every iterations).",
+)
 def train(
     recipe,
     hr_dirs,
@@ -203,7 +207,8 @@ def train(
         run_dir,
         resume=resume,
         report=report,
-        progress=not no_progress,
+        # a bar's carriage-return updates pile up in a log file: there, a line every log_every
+        progress="none" if no_progress else "bar" if sys.stderr.isatty() else "lines",
         command=" ".join(shlex.quote(arg) for arg in ["upscale", *sys.argv[1:]]),
     )
     if result.interrupted:

@@ -21,12 +21,15 @@ def run(*args: object):
 def test_help_names_the_options() -> None:
     result = run("eval", "--help")
     assert result.exit_code == 0
-    for flag in ("--data", "--scale", "--json", "--bicubic-only", "--model", "--backend", "--tile-size"):
+    for flag in (
+        *("--data", "--scale", "--json", "--bicubic-only", "--no-progress"),
+        *("--model", "--backend", "--tile-size"),
+    ):
         assert flag in result.output
 
 
 def test_bicubic_only_on_set5_prints_the_published_mean() -> None:
-    result = run("eval", "--bicubic-only", "--data", shared_data("eval", "Set5"))
+    result = run("eval", "--bicubic-only", "--data", shared_data("eval", "Set5"), "--no-progress")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("bicubic only; 5 image(s)")
@@ -36,7 +39,7 @@ def test_bicubic_only_on_set5_prints_the_published_mean() -> None:
 
 def test_tiny_model_on_set14_table_and_json(tmp_path: Path) -> None:
     weights = tiny_weights(tmp_path, "compact")
-    result = run("eval", "--model", weights, "--data", shared_data("eval", "Set14"))
+    result = run("eval", "--model", weights, "--data", shared_data("eval", "Set14"), "--no-progress")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "(compact, x4)" in lines[0] and "14 image(s)" in lines[0]
@@ -55,6 +58,21 @@ def test_tiny_model_on_set14_table_and_json(tmp_path: Path) -> None:
     assert len(document["images"]) == 5
     assert all(np.isfinite(image["psnr"]) and 0 < image["ssim"] < 1 for image in document["images"])
     assert document["mean"]["bicubic_psnr"] == pytest.approx(28.43, abs=0.02)
+
+
+def test_progress_bar_on_stderr_names_the_image_and_leaves_json_alone(tmp_path: Path) -> None:
+    # A big model on a CPU takes minutes an image: eval showed nothing until the end
+    weights = tiny_weights(tmp_path, "compact")
+    args = ["eval", "--model", str(weights), "--data", str(shared_data("eval", "Set5")), "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    json.loads(result.stdout)  # the bar goes to stderr: stdout is still one JSON document
+    assert "0/5" in result.stderr and "5/5" in result.stderr and "image" in result.stderr
+    assert "img_001_SRF_4_HR.png" in result.stderr  # the image under way
+    quiet = CliRunner().invoke(cli, [*args, "--no-progress"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "/5" not in quiet.stderr and "img_001" not in quiet.stderr
+    assert json.loads(quiet.stdout)["mean"] == json.loads(result.stdout)["mean"]
 
 
 def write_set(root: Path, hr_size: tuple[int, int], lr_size: tuple[int, int]) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,17 +56,50 @@ def test_usage_errors() -> None:
     assert "Error: data.patch_size: must be a multiple of 4 for compact x4 (got 30)" in result.output
     result = runner.invoke(cli, ["train", "--recipe", "nope", "--data", "x"])
     assert result.exit_code == 1 and "unknown recipe 'nope'" in result.output
+    # an unknown model.config key read as Python's "__init__() got an unexpected keyword argument"
+    result = runner.invoke(
+        cli, ["train", "--recipe", "compact-psnr", "--data", "x", "--set", "model.config.x=1"]
+    )
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: model.config.x: unknown key for compact; "
+        "known: num_in_ch, num_out_ch, num_feat, num_conv, upscale, act_type\n"
+    )
+    # --data laid its table over the 3, and the error was `data.patch_size: missing`
+    result = runner.invoke(cli, ["train", "--recipe", "compact-psnr", "--data", "x", "--set", "data=3"])
+    assert result.exit_code == 1 and result.output == "Error: data: must be a table ([data]; got 3)\n"
 
 
-def test_train_end_to_end_then_extend_with_resume(tmp_path: Path) -> None:
+def test_without_a_terminal_progress_is_a_line_every_log_every(tmp_path: Path) -> None:
+    # CliRunner's stderr is not a TTY, as a log file or CI is not: tqdm's carriage-return updates
+    # flooded such logs; there the run says where it is every train.log_every iterations instead
+    data = make_images(tmp_path / "hr", count=2, size=40)
+    args = ["train", "--recipe", "compact-psnr", "--data", str(data), "--out", str(tmp_path / "run")]
+    flags = ["--iterations", "4", "--patch-size", "32", "--batch-size", "2", "--set", "train.log_every=2"]
+    result = CliRunner().invoke(cli, [*args, *flags, *TINY[:4], "--workers", "0", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.stderr
+    progress = [line for line in result.stderr.splitlines() if line.startswith("iteration ")]
+    assert [line.split(":")[0] for line in progress] == ["iteration 2/4", "iteration 4/4"]
+    assert all("pixel" in line and "it/s, ETA" in line for line in progress)
+    quiet = CliRunner().invoke(cli, [*args[:-1], str(tmp_path / "quiet"), *flags, *TINY])
+    assert quiet.exit_code == 0, quiet.output
+    assert "it/s" not in quiet.stderr
+
+
+def test_train_end_to_end_then_extend_with_resume(tmp_path: Path, monkeypatch) -> None:
     data = make_images(tmp_path / "hr", count=3, size=40)
     run = tmp_path / "run"
     config = tmp_path / "mine.toml"
     config.write_text("[train]\nlog_every = 2\nval_every = 2\n[data]\nbatch_size = 3\n")
     args = ["train", "--recipe", "compact-psnr", "--data", str(data), "--val", str(data), "--out", str(run)]
     flags = ["--iterations", "4", "--patch-size", "32", "--batch-size", "2", "--lr", "1e-3", "--seed", "3"]
-    result = CliRunner().invoke(cli, [*args, "--config", str(config), *flags, *TINY])
+    started = [*args, "--config", str(config), *flags, *TINY]
+    monkeypatch.setattr(sys, "argv", ["upscale", *started])
+    result = CliRunner().invoke(cli, started)
     assert result.exit_code == 0, result.output
+    # what runs is said from the resolved config: the recipe's description says 16 convs
+    assert "Training compact-psnr: compact (8 ch, 2 convs) x4 on L1." in result.output
     assert f"Wrote {run / 'compact-psnr.safetensors'} (validation PSNR" in result.output
 
     saved = check(read_config_file(run / "config.toml"))
@@ -81,18 +115,27 @@ def test_train_end_to_end_then_extend_with_resume(tmp_path: Path) -> None:
     assert saved.data.hr == (str(data.resolve()),)
 
     card = json.loads((run / "compact-psnr.json").read_text())
-    assert card["iterations"] == 4 and card["command"].startswith("upscale")
+    assert card["iterations"] == 4 and card["command"].startswith("upscale train --recipe compact-psnr")
+    assert card["commands"] == [card["command"]]
+    assert card["description"] == "compact (8 ch, 2 convs) x4 on L1"
     assert load_model(run / "compact-psnr.safetensors").info.arch == "compact"
 
     again = CliRunner().invoke(cli, [*args, *TINY])
     assert again.exit_code == 1 and "already holds a run" in again.output
 
-    resumed = CliRunner().invoke(
-        cli, ["train", "--out", str(run), "--resume", "--iterations", "6", "--no-progress"]
-    )
+    resume = ["train", "--out", str(run), "--resume", "--iterations", "6", "--no-progress"]
+    monkeypatch.setattr(sys, "argv", ["upscale", *resume])
+    resumed = CliRunner().invoke(cli, resume)
     assert resumed.exit_code == 0, resumed.output
     assert "Resuming" in resumed.output and "iteration 4" in resumed.output
-    assert json.loads((run / "compact-psnr.json").read_text())["iterations"] == 6
+    resumed_card = json.loads((run / "compact-psnr.json").read_text())
+    assert resumed_card["iterations"] == 6
+    # the resume is added to the commands; `command` is still the one that started the run
+    assert resumed_card["command"] == card["command"]
+    assert resumed_card["commands"] == [
+        card["command"],
+        f"upscale train --out {run} --resume --iterations 6 --no-progress",
+    ]
 
     # A checkpoint is a model too: `--model runs/x/checkpoints/iter_N.pt` loads the generator it holds
     # (the EMA when the run keeps one), the very weights the run ended with.

@@ -11,6 +11,7 @@ memory does not grow with the video's length.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import heapq
 import io
 import itertools
@@ -67,21 +68,31 @@ ASS_HEADER = (
 @dataclass(frozen=True)
 class _Window:
     """Which source times (seconds from the video's first timestamp) go to the output, and the shift that
-    moves them: with --start the output begins at 0; without, source timestamps stay as they are."""
+    moves them. With --start the output's time 0 is the first kept video frame (`zero`, in source seconds)
+    and every stream moves by the same amount, so audio stays in step; without, source timestamps stay as
+    they are."""
 
     origin: float
     start: float | None
     end: float | None
+    zero: Fraction | None = None
 
-    def holds(self, seconds: float) -> bool:
-        relative = seconds - self.origin
-        if self.start is not None and relative < self.start:
+    def holds(self, seconds: float, length: float = 0.0) -> bool:
+        """Whether a packet at `seconds` (source time) lasting `length` belongs in the output: it must end
+        after the new time 0 and begin before the window's end."""
+        if self.zero is not None and seconds + length <= self.zero:
             return False
-        return self.end is None or relative < self.end
+        if self.zero is None and self.start is not None and seconds - self.origin < self.start:
+            return False
+        return self.end is None or seconds - self.origin < self.end
 
     @property
-    def shift(self) -> float:
-        return self.origin + self.start if self.start else 0.0
+    def shift(self) -> Fraction:
+        return self.zero if self.start and self.zero is not None else Fraction(0)
+
+    def ticks(self, time_base: Fraction) -> int:
+        """The shift in `time_base` units."""
+        return round(self.shift / time_base)
 
 
 def mux_output(
@@ -140,6 +151,8 @@ def _mux(
         stack.enter_context(src)
         first = stack.enter_context(_open_part(parts[0]))
         template = first.streams.video[0]
+        if window.start:
+            window = dataclasses.replace(window, zero=_first_frame_time(first))
         options = _muxer_options(encoding.container, template.time_base)
         out = stack.enter_context(av.open(str(destination), "w", format=encoding.container, options=options))
         out.metadata.update(_fresh(src.metadata))
@@ -189,6 +202,17 @@ def _open_part(path: Path) -> av.container.InputContainer:
             f"{Path(path).name}: video part cannot be read ({error})",
             hint="delete the work folder beside the output and run again",
         ) from None
+
+
+def _first_frame_time(part: av.container.InputContainer) -> Fraction:
+    """The source time of a part's first frame, as the part writer recorded it (else its first packet's pts;
+    the container is used only as a template afterwards)."""
+    written = part.metadata.get(FIRST_PTS_KEY)
+    if written is not None:
+        return Fraction(written)
+    stream = part.streams.video[0]
+    first = next((packet.pts for packet in part.demux(stream) if packet.pts is not None), 0)
+    return first * stream.time_base
 
 
 def _video_stream_like(out: av.container.OutputContainer, template: av.stream.Stream) -> av.stream.Stream:
@@ -332,11 +356,11 @@ def _chapters(src: av.container.InputContainer, window: _Window) -> list[dict]:
     for chapter in src.chapters():
         base = chapter["time_base"]
         begin, finish = float(chapter["start"] * base), float(chapter["end"] * base)
-        low = window.origin + (window.start or 0.0)
+        low = float(window.zero) if window.zero is not None else window.origin + (window.start or 0.0)
         high = None if window.end is None else window.origin + window.end
         if finish <= low or (high is not None and begin >= high):
             continue
-        shift = round(window.shift / base)
+        shift = window.ticks(base)
         start = max(chapter["start"] - shift, 0)
         end = chapter["end"] - shift if high is None else min(chapter["end"], round(high / base)) - shift
         kept.append({**chapter, "id": len(kept) + 1, "start": start, "end": end})
@@ -365,7 +389,7 @@ def _video_packets(
                 )
             # Undo the muxer's shift: the first packet of a part is its first frame (an IDR frame).
             written = part.metadata.get(FIRST_PTS_KEY)
-            shift = round(window.shift / time_base)
+            shift = window.ticks(time_base)
             if written is not None:
                 shift += first.pts - round(Fraction(written) / time_base)
             for packet in itertools.chain([first], packets):
@@ -451,7 +475,9 @@ def _source_packets(
             if packet.dts is None and packet.pts is None:
                 continue
             stamp = packet.pts if packet.pts is not None else packet.dts
-            if not window.holds(float(stamp * packet.time_base)):
+            if not window.holds(
+                float(stamp * packet.time_base), float((packet.duration or 0) * packet.time_base)
+            ):
                 if (
                     window.end is not None
                     and float(stamp * packet.time_base) - window.origin >= window.end + 5
@@ -474,11 +500,16 @@ def _stamped(
     packets: Sequence[av.Packet], stream: av.stream.Stream, window: _Window
 ) -> Iterator[tuple[float, int, av.Packet]]:
     for packet in packets:
-        shift = round(window.shift / packet.time_base)
+        shift = window.ticks(packet.time_base)
         if packet.pts is not None:
             packet.pts -= shift
         if packet.dts is not None:
             packet.dts -= shift
+        if stream.type == "subtitle" and packet.pts is not None and packet.pts < 0 and packet.duration:
+            # A cue shown across the new time 0 is shown from 0 for the rest of its time. (Audio keeps its
+            # negative time: players skip the samples before 0, and the rest stays in step.)
+            packet.duration = max(1, packet.duration + packet.pts)
+            packet.pts = packet.dts = 0
         packet.stream = stream
         stamp = packet.dts if packet.dts is not None else packet.pts
         yield float((stamp or 0) * packet.time_base), 1 + stream.index, packet

@@ -20,6 +20,11 @@ metadata, chapters and rotation are muxed into a temporary file beside the outpu
 onto it; then the work folder is removed. If anything fails, no output file is left behind, and the
 finished parts stay for the next run.
 
+One process at a time works on an output: the work folder's lock file is held for the job's whole life
+(`hold_output`), so a second run for the same output stops at once with an OutputError naming the pid
+that holds it, and changes nothing. The operating system lets go of the lock when the process ends, however
+it ends.
+
 The library never prints: progress and notes reach the caller through the `events` callback (called
 from the encoding thread for progress, and from the calling thread for notes).
 """
@@ -27,12 +32,17 @@ from the encoding thread for progress, and from the calling thread for notes).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
@@ -40,6 +50,7 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+import av.logging
 import numpy as np
 
 from upscaler.encoding import EncodeSettings, Encoding, PartWriter, frame_size, resolve_encoding
@@ -50,10 +61,17 @@ from upscaler.muxing import mux_output
 from upscaler.pipeline import run_pipeline
 from upscaler.video import VideoFrame, VideoInfo, decode_frames, probe_video
 
+try:
+    import fcntl
+except ImportError:  # Windows: the lock falls back to a file created exclusively (see _hold)
+    fcntl = None
+
 Upscale = Callable[[np.ndarray], np.ndarray]
 
 JOURNAL_VERSION = 1
 JOURNAL_NAME = "journal.json"
+# In the work folder: held (flock) by the one process that writes the output; its pid is written inside.
+LOCK_NAME = "lock"
 # A part of about ten seconds at 25 fps: small enough that a crash loses little, large enough that the
 # encoder's look-ahead and rate control barely notice the cuts.
 DEFAULT_PART_FRAMES = 250
@@ -211,7 +229,7 @@ def plan_video_job(
 
     info = probe_video(source)
     _refuse_to_overwrite(source, destination, overwrite)
-    encoding = resolve_encoding(destination, info, settings or EncodeSettings())
+    encoding = _resolve_encoding(destination, info, settings or EncodeSettings())
     if info.duration is not None and start is not None and start >= info.duration:
         raise InputError(
             f"--start {start:g}: {source.name} is only {info.duration:.3f} s long",
@@ -264,6 +282,98 @@ def plan_video_job(
         work_dir=work_dir_for(destination),
         warnings=tuple(warnings),
     )
+
+
+def _resolve_encoding(destination: Path, source: VideoInfo, settings: EncodeSettings) -> Encoding:
+    """resolve_encoding, with what encoder libraries print during its trial open kept off the terminal.
+
+    x264 and others write their complaints to stderr themselves (`x264 [error]: invalid tune 'bogus'`)
+    and FFmpeg logs the rest, while PyAV's error says only 'Invalid argument'. Their reason goes into our
+    one-line error instead, and an --encoder-option the encoder opens without is named as the culprit.
+    """
+    with _library_messages() as heard:
+        try:
+            return resolve_encoding(destination, source, settings)
+        except OutputError as error:
+            failure = error
+    head, opened, _ = failure.message.partition(" cannot be opened: ")
+    if not opened:
+        raise failure
+    reason = heard.reason()
+    for option in settings.options:
+        rest = tuple(other for other in settings.options if other != option)
+        try:
+            with _library_messages():
+                codec = resolve_encoding(
+                    destination, source, dataclasses.replace(settings, options=rest)
+                ).codec
+        except OutputError:
+            continue
+        key, value = option
+        raise OutputError(
+            f"--encoder-option {key}={value}: {codec} refused it{': ' + reason if reason else ''}"
+        ) from None
+    if reason:
+        raise OutputError(f"{head} cannot be opened: {reason}", hint=failure.hint) from None
+    raise failure
+
+
+# `x264 [error]: ...`, `Svt[error]: ...`: a library's own prefix before an error line.
+_LIBRARY_ERROR = re.compile(r"^\s*[\w.-]*\s*\[(?:error|fatal|panic)\]\s*:?\s*(.*)$", re.IGNORECASE)
+
+
+@dataclass
+class _Heard:
+    """Error lines encoder libraries emitted: their own (on stderr) and FFmpeg's log."""
+
+    own: list[str] = field(default_factory=list)
+    logged: list[str] = field(default_factory=list)
+
+    def reason(self) -> str:
+        """One short reason, '' when they said nothing. A library's own words are the most precise
+        (FFmpeg's wrapper adds only 'Error setting preset/tune'); else FFmpeg's."""
+        lines = self.own or self.logged
+        return "; ".join(line.rstrip(".") for line in list(dict.fromkeys(lines))[:2])
+
+
+@contextlib.contextmanager
+def _library_messages() -> Iterator[_Heard]:
+    """Collect the error lines encoder libraries emit while the block runs, instead of showing them: what
+    libraries write to stderr themselves and what FFmpeg logs (through PyAV's log callback). Filled when
+    the block ends. Where FFmpeg's log was turned on (av.logging.set_level, as `--debug` does), nothing is
+    held back and nothing collected."""
+    heard = _Heard()
+    if av.logging.get_level() is not None:
+        yield heard
+        return
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    skip_repeated = av.logging.get_skip_repeated()
+    with tempfile.TemporaryFile() as sink:
+        try:
+            saved = os.dup(2)
+        except OSError:
+            saved = None  # no stderr at all: nothing to keep clean
+        if saved is not None:
+            os.dup2(sink.fileno(), 2)
+        # Every line, repeats included: PyAV otherwise holds a repeat back and emits it with the next one.
+        av.logging.set_skip_repeated(False)
+        av.logging.set_level(av.logging.ERROR)
+        try:
+            with av.logging.Capture() as logs:
+                yield heard
+        finally:
+            av.logging.set_level(None)
+            av.logging.set_skip_repeated(skip_repeated)
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode("utf-8", "replace").splitlines():
+                matched = _LIBRARY_ERROR.match(line)
+                if matched and matched.group(1).strip():
+                    heard.own.append(matched.group(1).strip())
+            heard.logged.extend(message.strip() for level, _, message in logs if level <= av.logging.ERROR)
 
 
 def work_dir_for(destination: Path) -> Path:
@@ -325,6 +435,179 @@ def _fingerprint(
 
 def _round_half_up(value: float) -> int:
     return max(1, math.floor(value + 0.5))
+
+
+# ------------------------------------------------------------------------------------------- locking
+
+
+# Work folders this process holds (absolute path -> how many nested holds), so the CLI can hold the output
+# before it loads the model and run_video_job's own hold simply nests inside.
+_held: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def hold_output(destination: Path) -> Iterator[None]:
+    """Hold `destination`'s work folder for this process while the block runs: OutputError at once when
+    another process holds it. The folder is created if needed; on leaving, the lock file is removed, and
+    the folder too when nothing else is left in it. Nested holds in one process are fine."""
+    work_dir = work_dir_for(Path(destination))
+    key = os.path.abspath(work_dir)
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    release = _hold(work_dir, Path(destination))
+    _held[key] = 1
+    try:
+        yield
+    finally:
+        del _held[key]
+        release()
+
+
+def _hold(work_dir: Path, destination: Path) -> Callable[[], None]:
+    """Take the lock of `work_dir`; return what lets go of it."""
+    path = work_dir / LOCK_NAME
+    while True:
+        try:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            if fcntl is None:
+                return _hold_exclusive(path, destination)
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            continue  # the holder before us removed the folder just now
+        except OSError as error:
+            raise OutputError(f"cannot create {work_dir}: {error.strerror or error}") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            pid = _read_pid(descriptor)
+            os.close(descriptor)
+            if error.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise OutputError(_busy(destination, pid)) from None
+            raise OutputError(f"cannot lock {path}: {error.strerror or error}") from None
+        # The holder before us may have removed the file after we opened it: then we hold a file nobody
+        # else will find, so we take the one at the path instead.
+        try:
+            current = os.path.samestat(os.fstat(descriptor), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(descriptor)
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode())
+
+    def release() -> None:
+        _remove_lock(work_dir)
+        os.close(descriptor)  # lets go of the flock
+
+    return release
+
+
+def _hold_exclusive(path: Path, destination: Path) -> Callable[[], None]:
+    """Where there is no flock: the lock file is created exclusively with our pid inside; one whose
+    process is gone (killed, crashed) is stale and taken over."""
+    for _ in range(3):
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pid = _read_pid_file(path)
+            if pid is None and _age(path) < 10:
+                raise OutputError(_busy(destination, None)) from None  # its holder is writing its pid
+            if pid is not None and _alive(pid):
+                raise OutputError(_busy(destination, pid)) from None
+            # Stale: moved aside first, so that of two runs taking it over only one removes it.
+            aside = path.with_name(f"{path.name}.{secrets.token_hex(4)}.stale")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, aside)
+                aside.unlink()
+            continue
+        try:
+            os.write(descriptor, f"{os.getpid()}\n".encode())
+        finally:
+            os.close(descriptor)
+
+        def release() -> None:
+            _remove_lock(path.parent)
+
+        return release
+    raise OutputError(_busy(destination, _read_pid_file(path)))
+
+
+def _busy(destination: Path, pid: int | None) -> str:
+    holder = f" (pid {pid})" if pid is not None else ""
+    return f"{destination} is being written by another upscale video{holder}"
+
+
+def _read_pid(descriptor: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(os.pread(descriptor, 32, 0).decode().strip())
+    return None
+
+
+def _read_pid_file(path: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(path.read_text(encoding="ascii").strip())
+    return None
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return math.inf
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` is running (where in doubt, yes)."""
+    if pid == os.getpid():
+        return True
+    if sys.platform == "win32":
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        try:
+            code = ctypes.c_ulong()
+            if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+                return True
+            return code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, and belongs to someone else
+    return True
+
+
+def _clear_work_dir(work_dir: Path) -> None:
+    """Remove everything in `work_dir` but its lock."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in work_dir.iterdir():
+            if entry.name == LOCK_NAME:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+
+
+def _remove_lock(work_dir: Path) -> None:
+    # Removed while still held: a run that opened this file meanwhile finds it gone and takes a new one.
+    with contextlib.suppress(OSError):
+        (work_dir / LOCK_NAME).unlink()
+    with contextlib.suppress(OSError):
+        work_dir.rmdir()  # only when nothing else is left in it
 
 
 # ------------------------------------------------------------------------------------------- journal
@@ -389,7 +672,7 @@ def _open_journal(plan: VideoPlan, resume: bool, notify: Callable[[Note], None])
             )
             found = None
         if found is None:
-            shutil.rmtree(plan.work_dir)
+            _clear_work_dir(plan.work_dir)
     if found is not None:
         # A part file that went missing invalidates it and every later part.
         for index, part in enumerate(found.parts):
@@ -553,43 +836,45 @@ def run_video_job(
         plan.destination.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(f"cannot create {plan.destination.parent}: {error.strerror or error}") from None
-    journal = _open_journal(plan, resume, notify)
-    resumed_parts, resumed_frames = len(journal.parts), journal.frames
-    sink = _PartSink(plan, journal, events or (lambda event: None), progress_interval)
-    try:
-        if not journal.complete:
-            problems: list[str] = []
-            after_pts = journal.parts[-1].last_pts if journal.parts else None
-            frames = decode_frames(
-                plan.source,
-                start=plan.start,
-                duration=plan.duration,
-                after_pts=after_pts,
-                deinterlace=plan.deinterlace,
-                problems=problems,
-            )
-            run_pipeline(
-                frames,
-                lambda frame: _upscale_frame(frame, upscale, plan),
-                sink,
-                queue_size=queue_size,
-                first_frame=journal.frames,
-            )
-            for line in problems:
+    # Held until the job ends: a second run for the same output stops here and changes nothing.
+    with hold_output(plan.destination):
+        journal = _open_journal(plan, resume, notify)
+        resumed_parts, resumed_frames = len(journal.parts), journal.frames
+        sink = _PartSink(plan, journal, events or (lambda event: None), progress_interval)
+        try:
+            if not journal.complete:
+                problems: list[str] = []
+                after_pts = journal.parts[-1].last_pts if journal.parts else None
+                frames = decode_frames(
+                    plan.source,
+                    start=plan.start,
+                    duration=plan.duration,
+                    after_pts=after_pts,
+                    deinterlace=plan.deinterlace,
+                    problems=problems,
+                )
+                run_pipeline(
+                    frames,
+                    lambda frame: _upscale_frame(frame, upscale, plan),
+                    sink,
+                    queue_size=queue_size,
+                    first_frame=journal.frames,
+                )
+                for line in problems:
+                    notify(Note(line, warning=True))
+                if not journal.parts:
+                    raise InputError(_no_frames_message(plan))
+                journal.complete = True
+                write_journal(plan.journal_path, journal)
+            for line in _mux(plan, journal):
                 notify(Note(line, warning=True))
-            if not journal.parts:
-                raise InputError(_no_frames_message(plan))
-            journal.complete = True
-            write_journal(plan.journal_path, journal)
-        for line in _mux(plan, journal):
-            notify(Note(line, warning=True))
-    except UpscaleError as error:
-        _leave_for_resume(plan, journal, error)
-        raise
-    except BaseException:
-        _leave_for_resume(plan, journal, None)
-        raise
-    shutil.rmtree(plan.work_dir, ignore_errors=True)
+        except UpscaleError as error:
+            _leave_for_resume(plan, journal, error)
+            raise
+        except BaseException:
+            _leave_for_resume(plan, journal, None)
+            raise
+        _clear_work_dir(plan.work_dir)
     return VideoReport(
         destination=plan.destination,
         frames=journal.frames,
@@ -644,7 +929,7 @@ def _mux(plan: VideoPlan, journal: Journal) -> list[str]:
 def _leave_for_resume(plan: VideoPlan, journal: Journal, error: UpscaleError | None) -> None:
     # Finished parts are worth keeping; an empty work folder is only clutter.
     if not journal.parts:
-        shutil.rmtree(plan.work_dir, ignore_errors=True)
+        _clear_work_dir(plan.work_dir)
         return
     if error is None:
         return

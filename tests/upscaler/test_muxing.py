@@ -317,3 +317,50 @@ def test_mov_keeps_languages_it_knows_under_their_other_iso_code(tmp_path: Path)
     upscale_at_1x(source, tmp_path / "out.mov")
     languages = {o.kind: o.language for o in probe_video(tmp_path / "out.mov").others}
     assert (languages["audio"], languages["subtitle"]) == ("fra", "ger")
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_start_between_frames_puts_the_first_kept_frame_at_zero_and_keeps_av_sync(
+    tmp_path: Path, suffix: str
+) -> None:
+    source = clips.cfr_clip(tmp_path, frames=24)
+    out = tmp_path / f"out{suffix}"
+    # 0.3 s falls between frames 7 (0.2917 s) and 8 (0.3333 s): frame 8 is the first kept, and every
+    # stream moves back by its time.
+    upscale_at_1x(source, out, start=0.3)
+    shift = Fraction(8, 24)
+    got = seconds(probe_video(out))
+    assert got[0] == 0 and len(got) == 16
+    assert [round(s * 1000) for s in got] == [round((Fraction(i, 24) - shift) * 1000) for i in range(8, 24)]
+
+    def audio_times(path: Path) -> dict[str, Fraction]:
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            return {
+                hashlib.sha256(bytes(p)).hexdigest(): p.pts * p.time_base
+                for p in container.demux(stream)
+                if p.size and p.pts is not None
+            }
+
+    before, after = audio_times(source), audio_times(out)
+    frame = Fraction(1024, 48000)
+    assert -frame < min(after.values()) < frame
+    # The packet that played at T in the source plays at T - shift: audio and video stay in step.
+    common = before.keys() & after.keys()
+    assert len(common) > 20
+    tick = Fraction(1, 1000) if suffix == ".mkv" else Fraction(1, 48000)
+    for digest in common:
+        assert abs(after[digest] - (before[digest] - shift)) <= tick
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_cue_shown_across_the_new_zero_is_shown_from_zero(tmp_path: Path, suffix: str) -> None:
+    source = clips.subtitle_clip(tmp_path, "mkv")  # 0.2 s cues every 0.25 s
+    out = tmp_path / f"out{suffix}"
+    upscale_at_1x(source, out, start=0.37)  # frame 9 (0.375 s) is the new zero; the 0.25 s cue runs to 0.45 s
+    with av.open(str(out)) as container:
+        stream = container.streams.subtitles[0]
+        cues = [
+            (p.pts * p.time_base, p.duration * p.time_base) for p in container.demux(stream) if p.size > 2
+        ]
+    assert cues[:2] == [(0, Fraction(75, 1000)), (Fraction(125, 1000), Fraction(200, 1000))]

@@ -5,14 +5,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import av.logging
 import numpy as np
 import pytest
 
 from tests.conftest import shared_data
 from tests.upscaler import video_checks as check
 from tests.upscaler import video_clips as clips
+from upscaler import video_job
 from upscaler.encoding import EncodeSettings
 from upscaler.errors import InputError, OutputError, UpscaleError
 from upscaler.pipeline import StageError
@@ -21,6 +27,7 @@ from upscaler.video_job import (
     Note,
     PartRecord,
     Progress,
+    hold_output,
     plan_video_job,
     read_journal,
     run_video_job,
@@ -54,6 +61,40 @@ def plan(source: Path, destination: Path, **options):
     options.setdefault("part_frames", 8)
     options.setdefault("model_key", KEY)
     return plan_video_job(source, destination, scale=2, **options)
+
+
+_HOLDER = """
+import sys
+from pathlib import Path
+from upscaler.video_job import hold_output
+with hold_output(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextmanager
+def held_by_another_process(destination: Path) -> Iterator[subprocess.Popen]:
+    """Another process holding `destination` (as a running `upscale video` does) until the block ends; the
+    block may kill it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(destination)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        if holder.poll() is None:
+            holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def leftovers(folder: Path, keep: set[str]) -> list[str]:
@@ -421,3 +462,126 @@ def test_a_file_without_video_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="tone.m4a"):
         plan(source, tmp_path / "out.mp4")
     assert leftovers(tmp_path, {"tone.m4a"}) == []
+
+
+# ------------------------------------------------------------------------------ one run per output
+
+
+def test_a_second_run_for_the_same_output_stops_at_once_and_changes_nothing(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=24, audio=False)
+    out = tmp_path / "out.mkv"
+    with pytest.raises(StageError):
+        run_video_job(plan(source, out, settings=LOSSLESS), Counting(fail_at=13))
+    work = tmp_path / ".out.mkv.upscale-parts"
+    before = snapshot(work)
+    assert "journal.json" in before and "part-00000.nut" in before
+    with held_by_another_process(out) as holder:
+        second = Counting()
+        with pytest.raises(OutputError) as caught:
+            run_video_job(plan(source, out, settings=LOSSLESS), second, resume=False)
+        assert caught.value.message == f"{out} is being written by another upscale video (pid {holder.pid})"
+        assert caught.value.hint is None
+        assert second.calls == 0 and not out.exists()
+        assert snapshot(work) == {**before, "lock": f"{holder.pid}\n".encode()}
+        # The lock goes with its process, however that ends.
+        holder.kill()
+        holder.wait(timeout=30)
+        report = run_video_job(plan(source, out, settings=LOSSLESS), nearest)
+    assert report.resumed_parts == 1 and out.exists()
+    assert not work.exists()
+
+
+def test_a_job_holds_its_output_while_it_runs(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=8, audio=False)
+    out = tmp_path / "out.mkv"
+    seen: list[str] = []
+
+    def upscale(rgb: np.ndarray) -> np.ndarray:
+        if not seen:
+            # From another process, as a second `upscale video` would try it.
+            result = subprocess.run(
+                [sys.executable, "-c", _HOLDER, str(out)],
+                input="",
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parents[2],
+            )
+            seen.append(result.stderr.strip().splitlines()[-1])
+        return nearest(rgb)
+
+    with hold_output(out):  # held by the caller too (as the CLI does): nesting in one process is fine
+        run_video_job(plan(source, out), upscale)
+        assert (tmp_path / ".out.mkv.upscale-parts" / "lock").exists()
+    assert seen == [
+        f"upscaler.errors.OutputError: {out} is being written by another upscale video (pid {os.getpid()})"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfr.mp4", "out.mkv"]
+
+
+def test_without_flock_a_lock_file_of_a_live_process_stops_and_a_stale_one_is_taken_over(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(video_job, "fcntl", None)
+    out = tmp_path / "out.mkv"
+    work = tmp_path / ".out.mkv.upscale-parts"
+    work.mkdir()
+    with subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    ) as live:
+        (work / "lock").write_text(f"{live.pid}\n")
+        with (
+            pytest.raises(
+                OutputError, match=rf"is being written by another upscale video \(pid {live.pid}\)"
+            ),
+            hold_output(out),
+        ):
+            pass
+        live.stdin.close()
+    assert (work / "lock").read_text() == f"{live.pid}\n"
+    # live has ended: its lock file is stale.
+    with hold_output(out):
+        assert (work / "lock").read_text() == f"{os.getpid()}\n"
+    assert not work.exists()
+
+
+# ----------------------------------------------------------------------- what encoder libraries print
+
+
+def test_an_encoder_option_the_encoder_refuses_is_named_with_its_reason_and_nothing_else_printed(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    source = clips.cfr_clip(tmp_path, frames=4, audio=False)
+    capfd.readouterr()
+    with pytest.raises(OutputError) as caught:
+        plan(
+            source,
+            tmp_path / "out.mp4",
+            settings=EncodeSettings(options=(("preset", "slow"), ("tune", "bogus"))),
+        )
+    # x264 writes `x264 [error]: invalid tune 'bogus'` to stderr itself; its words belong in our line.
+    assert caught.value.message == "--encoder-option tune=bogus: libx264 refused it: invalid tune 'bogus'"
+    with pytest.raises(OutputError) as caught:
+        plan(
+            source,
+            tmp_path / "out.mkv",
+            settings=EncodeSettings(codec="libvpx-vp9", options=(("deadline", "bogus"),)),
+        )
+    # libvpx-vp9's reason comes through FFmpeg's log.
+    assert caught.value.message.startswith("--encoder-option deadline=bogus: libvpx-vp9 refused it: ")
+    assert '"deadline"' in caught.value.message
+    assert capfd.readouterr().err == ""
+    assert av.logging.get_level() is None  # FFmpeg's log is as quiet as before
+    assert plan(source, tmp_path / "out.mp4", settings=EncodeSettings(options=(("tune", "film"),)))
+
+
+def test_with_ffmpeg_logging_turned_on_the_libraries_speak_for_themselves(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    source = clips.cfr_clip(tmp_path, frames=4, audio=False)
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with pytest.raises(OutputError, match="tune=bogus"):
+            plan(source, tmp_path / "out.mp4", settings=EncodeSettings(options=(("tune", "bogus"),)))
+    finally:
+        av.logging.set_level(None)
+    assert "x264 [error]: invalid tune 'bogus'" in capfd.readouterr().err

@@ -147,7 +147,7 @@ def video(
     from upscaler.encoding import EncodeSettings
     from upscaler.models import load_model
     from upscaler.upscaling import open_upscaler
-    from upscaler.video_job import plan_video_job, run_video_job
+    from upscaler.video_job import hold_output, plan_video_job, run_video_job
 
     # SVT-AV1 prints a banner of a dozen lines on every encoder it opens (each part opens one); its
     # svtav1-params have no log level, only this variable: errors only, unless the user set it.
@@ -168,24 +168,29 @@ def video(
     settings = EncodeSettings(
         codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, options=tuple(encoder_options)
     )
-    plan = plan_video_job(
-        source,
-        destination,
-        scale=loaded.info.scale,
-        model_key=model_key,
-        settings=settings,
-        outscale=outscale,
-        start=start,
-        duration=duration,
-        audio=not no_audio,
-        deinterlace=deinterlace,
-        overwrite=overwrite,
-        part_frames=part_frames,
-    )
+    with _ffmpeg_log_shown(_debug()):
+        plan = plan_video_job(
+            source,
+            destination,
+            scale=loaded.info.scale,
+            model_key=model_key,
+            settings=settings,
+            outscale=outscale,
+            start=start,
+            duration=duration,
+            audio=not no_audio,
+            deinterlace=deinterlace,
+            overwrite=overwrite,
+            part_frames=part_frames,
+        )
     info = plan.source
     show = _Display(progress)
     try:
-        with open_upscaler(loaded, run.backend, run.backend_options, run.tile_options) as upscaler:
+        # Another run writing the same output stops here, before the model is loaded onto the device.
+        with (
+            hold_output(plan.destination),
+            open_upscaler(loaded, run.backend, run.backend_options, run.tile_options) as upscaler,
+        ):
             click.echo(
                 f"{upscaler.description}; {info.path.name} {info.width}x{info.height} -> "
                 f"{plan.width}x{plan.height}, {plan.encoding.describe()}",
@@ -195,7 +200,7 @@ def video(
     except KeyboardInterrupt:
         show.close()
         kept = f"; finished parts are kept in {plan.work_dir}, run the same command to resume"
-        click.echo(f"Interrupted{kept if plan.work_dir.exists() else ''}.", err=True)
+        click.echo(f"Interrupted{kept if plan.journal_path.exists() else ''}.", err=True)
         sys.exit(130)
     finally:
         show.close()
@@ -221,6 +226,28 @@ def video(
                 "warnings": report.warnings,
             }
         )
+
+
+def _debug() -> bool:
+    return bool(click.get_current_context().find_root().params.get("debug"))
+
+
+@contextlib.contextmanager
+def _ffmpeg_log_shown(show: bool):
+    """With --debug, FFmpeg's errors and warnings (and what encoder libraries print while their options are
+    checked) reach stderr during planning; otherwise they stay out of the way of our one-line errors. Only
+    around planning: PyAV's Python log callback and the encoding threads do not always mix."""
+    if not show:
+        yield
+        return
+    import av.logging
+
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.WARNING)
+    try:
+        yield
+    finally:
+        av.logging.set_level(previous)
 
 
 class _Display:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from tests.conftest import shared_data, tiny_weights
 from tests.upscaler import video_checks as check
 from tests.upscaler import video_clips as clips
+from tests.upscaler.test_video_job import held_by_another_process
 from upscaler.cli import cli
 
 
@@ -280,3 +281,37 @@ def test_a_closed_json_reader_is_one_clear_error(monkeypatch) -> None:
     monkeypatch.setattr(command.click, "echo", closed)
     with pytest.raises(OutputError, match="reader of the progress lines went away"):
         command._json_line({"event": "progress"})
+
+
+def test_a_second_run_for_the_same_output_is_one_error_line(tmp_path: Path, weights: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=8)
+    out = tmp_path / "out.mkv"
+    with held_by_another_process(out) as holder:
+        result = run("video", source, out, "--model", weights)
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"Error: {out} is being written by another upscale video (pid {holder.pid})"
+    ]
+    assert not out.exists() and not (tmp_path / ".out.mkv.upscale-parts").exists()
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_refused_encoder_option_is_our_one_line_only(
+    tmp_path: Path, weights: Path, capfd: pytest.CaptureFixture[str], debug: bool
+) -> None:
+    source = clips.cfr_clip(tmp_path, frames=4)
+    capfd.readouterr()
+    result = CliRunner().invoke(
+        cli,
+        [*(["--debug"] if debug else []), "video", str(source), str(tmp_path / "out.mp4"), "-m", str(weights)]
+        + ["--encoder-option", "tune=bogus"],
+    )
+    assert result.exit_code == 1
+    line = "Error: --encoder-option tune=bogus: libx264 refused it: invalid tune 'bogus'"
+    printed = capfd.readouterr().err  # what x264 writes to stderr itself, past click
+    if debug:
+        # The library's own line is shown as it is, so ours does not repeat it.
+        assert "Error: --encoder-option tune=bogus: libx264 refused it" in result.output.splitlines()
+        assert "x264 [error]: invalid tune 'bogus'" in printed
+    else:
+        assert result.output.splitlines() == [line] and printed == ""

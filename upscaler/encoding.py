@@ -63,34 +63,17 @@ _CRF = {
     "libvpx": (4, 63, 10),
     "libsvtav1": (1, 63, 30),
 }
+# x264 (also its RGB build) and x265 share their preset names.
+_X26X_PRESETS = (
+    *("ultrafast", "superfast", "veryfast", "faster", "fast"),
+    *("medium", "slow", "slower", "veryslow", "placebo"),
+)
 _PRESETS = {
-    "libx264": (
-        "ultrafast",
-        "superfast",
-        "veryfast",
-        "faster",
-        "fast",
-        "medium",
-        "slow",
-        "slower",
-        "veryslow",
-        "placebo",
-    ),
-    "libx265": (
-        "ultrafast",
-        "superfast",
-        "veryfast",
-        "faster",
-        "fast",
-        "medium",
-        "slow",
-        "slower",
-        "veryslow",
-        "placebo",
-    ),
+    "libx264": _X26X_PRESETS,
+    "libx264rgb": _X26X_PRESETS,
+    "libx265": _X26X_PRESETS,
     "libsvtav1": tuple(str(n) for n in range(14)),
 }
-_PRESETS["libx264rgb"] = _PRESETS["libx264"]
 _DEFAULT_PRESETS = {"libx264": "medium", "libx264rgb": "medium", "libx265": "medium", "libsvtav1": "8"}
 # Options every run of an encoder gets unless the user sets them: constant-quality mode for libvpx
 # (it needs a zero or explicit bitrate next to crf), and x265 without its banner on stderr.

@@ -61,6 +61,24 @@ class SRVGGNetCompact(nn.Module):
         layers.append(nn.Conv2d(num_feat, num_out_ch * upscale * upscale, 3, 1, 1))
         self.body = nn.ModuleList(layers)
         self.upsampler = nn.PixelShuffle(upscale)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Kaiming init for the activation, and a last conv that starts small.
+
+        PyTorch's default init shrinks a plain conv stack's signal about 2.5x per layer: through 18 layers
+        the body's output starts some 1e-7 of the input, its gradients vanish, and training never leaves
+        the nearest-neighbour baseline (measured: 1500 iterations on T91/BSD200 learned nothing). Kaiming
+        init keeps the signal's scale through the stack; the last conv at a tenth of it makes the model
+        start near its upsampled input, as the residual models' scaled init does.
+        """
+        slope = {"prelu": 0.25, "relu": 0.0, "leakyrelu": 0.1}[self.act_type]
+        convs = [layer for layer in self.body if isinstance(layer, nn.Conv2d)]
+        with torch.no_grad():
+            for conv in convs:
+                nn.init.kaiming_normal_(conv.weight, a=slope, nonlinearity="leaky_relu")
+                nn.init.zeros_(conv.bias)
+            convs[-1].weight.mul_(0.1)
 
     @property
     def config(self) -> dict[str, Any]:

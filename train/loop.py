@@ -454,7 +454,7 @@ def train(
             if sched_d is not None:
                 sched_d.step()
             if ema is not None:
-                ema.update(distributed.unwrap(net_g))
+                ema.update(distributed.unwrap(net_g), iteration)
 
             for name, value in values.items():
                 running[name].append(float(value.detach()))

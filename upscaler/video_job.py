@@ -55,6 +55,7 @@ import numpy as np
 
 from upscaler.encoding import EncodeSettings, Encoding, PartWriter, frame_size, resolve_encoding
 from upscaler.errors import InputError, OutputError, UpscaleError
+from upscaler.files import write_bytes_atomically
 from upscaler.image_job import upscale_picture
 from upscaler.images import Picture
 from upscaler.muxing import mux_output
@@ -641,9 +642,7 @@ def write_journal(path: Path, journal: Journal) -> None:
         "complete": journal.complete,
         "parts": [asdict(part) for part in journal.parts],
     }
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    temporary.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    write_bytes_atomically(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
 def _open_journal(plan: VideoPlan, resume: bool, notify: Callable[[Note], None]) -> Journal:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from upscaler.cli.options import model_option
+
 # fp32 exports further than this from PyTorch are broken, not rounded differently.
 EXPORT_TOLERANCE = 1e-3
 
@@ -28,13 +30,7 @@ class ShapeType(click.ParamType):
 
 @click.command("export-onnx")
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--model",
-    "-m",
-    default="esrgan",
-    show_default=True,
-    help="A model id (see `upscale models`) or a weights file (.safetensors, .pth, .pt).",
-)
+@model_option
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "fp16"]),
@@ -91,13 +87,7 @@ def export_onnx(output: Path, model: str, precision: str, overwrite: bool, verif
 
 
 @click.command("build-engine")
-@click.option(
-    "--model",
-    "-m",
-    default="esrgan",
-    show_default=True,
-    help="A model id (see `upscale models`) or a weights file (.safetensors, .pth, .pt).",
-)
+@model_option
 @click.option(
     "--precision",
     type=click.Choice(["fp16", "bf16", "fp32"]),

@@ -41,6 +41,16 @@ class TileSize(click.ParamType):
         return size
 
 
+# --model as every command that loads a model spells it.
+model_option = click.option(
+    "--model",
+    "-m",
+    default="esrgan",
+    show_default=True,
+    help="A model id (see `upscale models`) or a weights file (.safetensors, .pth, .pt).",
+)
+
+
 def model_options(func):
     """The options every command that runs a model shares, handed to it as one `run: ModelRun`."""
 
@@ -77,13 +87,7 @@ def model_options(func):
         return func(*args, run=run, **kwargs)
 
     options = [
-        click.option(
-            "--model",
-            "-m",
-            default="esrgan",
-            show_default=True,
-            help="A model id (see `upscale models`) or a weights file (.safetensors, .pth, .pt).",
-        ),
+        model_option,
         click.option(
             "--backend",
             default="auto",

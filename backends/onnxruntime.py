@@ -20,6 +20,7 @@ import numpy as np
 from upscaler.backend import ClosingSession
 from upscaler.errors import BackendError, OutOfMemory
 from upscaler.export import INPUT_NAME, ONNX_MISSING, OUTPUT_NAME, cached_onnx, default_cache_dir
+from upscaler.precision import resolve_precision
 from upscaler.values import Precision
 
 if TYPE_CHECKING:
@@ -51,6 +52,9 @@ class OnnxRuntimeBackend:
         return None
 
     def open(self, model: LoadedModel, options: BackendOptions) -> OnnxRuntimeSession:
+        # No auto_precision: auto runs fp32 here (bf16 has no ONNX form; fp16 on CUDA is left to torch
+        # and tensorrt). A library caller may hand auto straight to the backend; the CLI resolves it first.
+        options, _ = resolve_precision(self, options)
         return OnnxRuntimeSession(model, options, self.cache_dir or default_cache_dir())
 
 

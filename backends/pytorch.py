@@ -9,6 +9,7 @@ import numpy as np
 
 from upscaler.backend import ClosingSession
 from upscaler.errors import BackendError, OutOfMemory
+from upscaler.precision import PrecisionChoice, choose_auto_precision, resolve_precision
 from upscaler.values import Precision
 
 if TYPE_CHECKING:
@@ -29,7 +30,20 @@ class TorchBackend:
             return "torch is not installed: pip install torch (see the README for CPU and CUDA builds)"
         return None
 
+    def auto_precision(self, options: BackendOptions) -> PrecisionChoice:
+        """bf16 on a CPU with AVX512_BF16 or AMX, fp16 on a CUDA GPU with tensor cores, else fp32."""
+        import torch
+
+        device = resolve_device(options.device)
+        index = device.index if device.index is not None else 0
+        if device.type == "cuda" and device.index is None:
+            index = torch.cuda.current_device()
+        fast = {"cpu": Precision.BF16, "cuda": Precision.FP16}
+        return choose_auto_precision(device.type, fast, index)
+
     def open(self, model: LoadedModel, options: BackendOptions) -> TorchSession:
+        # A library caller may hand --precision auto straight to the backend; the CLI resolves it first.
+        options, _ = resolve_precision(self, options)
         return TorchSession(model, options)
 
 

@@ -53,6 +53,7 @@ from upscaler.export import (
 )
 from upscaler.files import write_bytes_atomically
 from upscaler.options import TileOptions
+from upscaler.precision import PrecisionChoice, choose_auto_precision, resolve_precision
 from upscaler.values import Precision
 
 if TYPE_CHECKING:
@@ -239,10 +240,16 @@ class TensorRTBackend:
             self.cache / "tensorrt" / f"timing-{key.tensorrt_version}-{gpu}-sm{key.compute_capability}.cache"
         )
 
+    def auto_precision(self, options: BackendOptions) -> PrecisionChoice:
+        """fp16 on a GPU with tensor cores (what makes TensorRT fast), else fp32."""
+        return choose_auto_precision("cuda", {"cuda": Precision.FP16}, cuda_device_index(options.device))
+
     def open(self, model: LoadedModel, options: BackendOptions) -> TensorRTSession:
         problem = self.check()
         if problem is not None:
             raise BackendError(problem)
+        # A library caller may hand --precision auto straight to the backend; the CLI resolves it first.
+        options, _ = resolve_precision(self, options)
         return TensorRTSession(self, model, options)
 
 

@@ -1,10 +1,11 @@
-"""Seconds per batch of tiles on the CPU: the torch backend against the onnxruntime backend.
+"""Seconds per batch of tiles on the CPU: torch against onnxruntime (and openvino, when installed).
 
 Both run the same random-weight network on the same batch of tiles (speed does not depend on the
 weights' values), with the same thread count. Prints one line per case: median and spread of `--runs`
 timed batches after one warm-up batch. bf16 runs only where the backend supports it (the onnxruntime
 backend refuses it, and the line says so). The exported graph goes to a temporary cache folder, so the
-one-off export is not timed.
+one-off export is not timed. The openvino plugin joins when `openvino` is installed; it always runs
+the precision asked for (left alone, its CPU plugin would pick bf16 on CPUs that have it).
 
     .venv/bin/python benchmarks/backends_cpu.py [--tile 128] [--batch 4] [--runs 3] [--threads N]
 """
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from backends.onnxruntime import OnnxRuntimeBackend
+from backends.openvino import OpenVINOBackend
 from backends.pytorch import TorchBackend
 from upscaler.errors import BackendError
 from upscaler.models import build_model, load_model, save_weights
@@ -56,13 +58,18 @@ def main() -> None:
     import onnxruntime
 
     batch = np.random.default_rng(0).random((args.batch, 3, args.tile, args.tile), dtype=np.float32)
-    print(
-        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} threads, "
-        f"batch {args.batch} x 3 x {args.tile} x {args.tile}"
-    )
+    versions = f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+    with_openvino = OpenVINOBackend().check() is None
+    if with_openvino:
+        import openvino
+
+        versions += f", openvino {openvino.__version__.split('-')[0]}"
+    print(f"{versions}, {args.threads} threads, batch {args.batch} x 3 x {args.tile} x {args.tile}")
     print(f"{'model':<12} {'backend':<12} {'precision':<9} {'s/batch':>8} {'spread':>13} {'out Mpx/s':>9}")
     with tempfile.TemporaryDirectory() as scratch:
         backends = {"torch": TorchBackend(), "onnxruntime": OnnxRuntimeBackend(cache_dir=Path(scratch))}
+        if with_openvino:
+            backends["openvino"] = OpenVINOBackend(cache_dir=Path(scratch))
         for name in args.cases:
             arch, config = CASES[name]
             torch.manual_seed(0)

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "upscaler.errors": 1,
     "upscaler.values": 1,
+    "upscaler.allocator": 1,
     "upscaler.files": 1,
     "upscaler.tiling": 2,
     "upscaler.metrics": 2,
@@ -22,6 +23,7 @@ LAYERS = {
     "upscaler.options": 2,
     "upscaler.models": 3,
     "upscaler.backend": 4,
+    "upscaler.precision": 4,
     "upscaler.export": 4,
     "upscaler.images": 5,
     "upscaler.image_job": 5,
@@ -31,6 +33,7 @@ LAYERS = {
     "upscaler.pipeline": 5,
     "upscaler.video_job": 5,
     "upscaler.upscaling": 5,
+    "upscaler.bench": 5,
     "upscaler.cli": 6,
     "upscaler": 6,
 }

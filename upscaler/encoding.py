@@ -86,6 +86,10 @@ _BASE_OPTIONS = {
 PART_SUFFIX = ".nut"
 FIRST_PTS_KEY = "upscale_first_pts"
 _PART_FORMAT = "nut"
+# Threads each part's encoder may use; 0 lets FFmpeg (and x264, x265, SVT-AV1 their own pools) use one
+# per core. To measure on a machine with a GPU: with a CPU-bound encoder (x265, AV1) the encode queue
+# fills up; with a CPU backend, encoder threads compete with inference for the same cores.
+ENCODER_THREADS = 0
 _DEEP_FORMATS = ("yuv420p10le", "yuv422p10le", "yuv444p10le", "yuv420p12le", "yuv420p16le", "p010le")
 
 
@@ -360,6 +364,11 @@ class PartWriter:
                 # H.264's 'left' and move the colours a quarter pixel (1-2 levels on a steep gradient).
                 options.setdefault("chroma_sample_location", "center")
             context.options = options
+            # The encoder's own threads, so encoding keeps up with upscaling: as many as FFmpeg sees
+            # cores (ENCODER_THREADS), frame threads where the encoder has them. PyAV's default is
+            # slice threads, which x264 turns into sliced encoding: slower per thread and larger files.
+            context.thread_count = ENCODER_THREADS
+            context.thread_type = "AUTO"
             self._stream = stream
         except BaseException:
             self._discard()

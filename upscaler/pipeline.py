@@ -4,14 +4,17 @@
 
 The three stages are plain Python you can test without threads: `decode` is any iterable (usually a
 generator), `infer` a function of one item, run in the calling thread (so a model session never changes
-thread), and `encode` a function that consumes an iterator of inferred items and returns a result. The
-runner joins them with bounded queues, so memory holds at most `queue_size` items between two stages
-whatever the length of the input.
+thread), and `encode` a function that consumes an iterator of inferred items and returns a result. An
+infer stage that batches items together is an `InferStream`: a generator function from the items to their
+results, one each and in order, which may hold a few items until a batch is full. The runner joins the
+stages with bounded queues, so memory holds at most `queue_size` items between two stages (plus what a
+batching infer stage holds) whatever the length of the input.
 
 Queue items are typed: `Frame` (a value and its frame number), `End`, and `Failure` (the stage, the frame
 number and the exception); never `None`. A failure in any stage stops the others and is raised in the
 calling thread as a `StageError` naming the stage and the frame, with the original exception as its
-`__cause__`. A `KeyboardInterrupt` in the calling thread stops both threads (every queue wait gives up
+`__cause__`; an `InferStream` fails at the oldest frame it holds (for a batch of tiles of several frames,
+the first of them). A `KeyboardInterrupt` in the calling thread stops both threads (every queue wait gives up
 within `POLL_SECONDS` once the job is stopped) and is raised as it is.
 
 When the job is stopped early the iterator handed to `encode` raises `Stopped` rather than ending, so an
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -91,6 +95,17 @@ class StageNames:
     encode: str = "encode"
 
 
+@dataclass(frozen=True)
+class InferStream(Generic[T, U]):
+    """An infer stage that may hold items back to batch them.
+
+    `run` takes the items in order and yields exactly one result per item, in the same order; at the
+    end of its input it yields the results of whatever it still holds.
+    """
+
+    run: Callable[[Iterator[T]], Iterator[U]]
+
+
 class Pipe:
     """A bounded queue between two threads whose waits give up once the job is stopped."""
 
@@ -125,21 +140,23 @@ class Pipe:
 
 def run_pipeline(
     decode: Iterable[T],
-    infer: Callable[[T], U],
+    infer: Callable[[T], U] | InferStream[T, U],
     encode: Callable[[Iterator[U]], R],
     *,
-    queue_size: int = 2,
+    queue_size: int | tuple[int, int] = 2,
     first_frame: int = 0,
     names: StageNames = StageNames(),
 ) -> R:
-    """Run `decode` on a thread, `infer` on each item in this thread, `encode` on a thread; return its result.
+    """Run `decode` on a thread, `infer` on the items in this thread, `encode` on a thread; return its result.
 
-    Items keep their order. Raises StageError for a failure in any stage (after stopping the other two),
-    or KeyboardInterrupt as it came.
+    queue_size: the depth of both queues, or (decode -> infer, infer -> encode) depths. Items keep their
+    order. Raises StageError for a failure in any stage (after stopping the other two), or
+    KeyboardInterrupt as it came.
     """
+    decoded_size, inferred_size = (queue_size, queue_size) if isinstance(queue_size, int) else queue_size
     stop = threading.Event()
-    decoded: Pipe = Pipe(stop, queue_size)
-    inferred: Pipe = Pipe(stop, queue_size)
+    decoded: Pipe = Pipe(stop, decoded_size)
+    inferred: Pipe = Pipe(stop, inferred_size)
     encode_outcome: list[Failure | R] = []
 
     def decode_thread() -> None:
@@ -190,31 +207,59 @@ def run_pipeline(
             # Whatever happened, nothing more will be taken from the queue: release the other stages.
             stop.set()
 
+    # The numbers of the frames the infer stage has taken and not yet given back, oldest first.
+    held: deque[int] = deque()
+    decode_failure: list[Failure] = []
+
+    def taken() -> Iterator[T]:
+        # Ends at the end of the input, and also at a decode failure: the infer stage then gives back
+        # what it holds, as it would at the end, and the failure is raised after those frames went on.
+        while True:
+            item = decoded.get()  # raises Stopped once the job is stopped
+            if isinstance(item, Failure):
+                decode_failure.append(item)
+                return
+            if isinstance(item, End):
+                return
+            held.append(item.number)
+            yield item.value
+
+    run = infer.run if isinstance(infer, InferStream) else _one_at_a_time(infer)
     decoder = threading.Thread(target=decode_thread, name=f"pipeline-{names.decode}", daemon=True)
     encoder = threading.Thread(target=encode_thread, name=f"pipeline-{names.encode}", daemon=True)
     decoder.start()
     encoder.start()
+    results = run(taken())
     try:
         while True:
             try:
-                item = decoded.get()
+                value = next(results)
+            except StopIteration:
+                break
             except Stopped:
                 break  # the encoder failed; its failure is raised below
-            if isinstance(item, Failure):
-                raise StageError(item.stage, item.frame, item.error) from item.error
-            if isinstance(item, End):
-                inferred.put(End())
-                break
-            try:
-                value = infer(item.value)
             except Exception as error:
-                raise StageError(names.infer, item.number, error) from error
-            if not inferred.put(Frame(item.number, value)):
+                raise StageError(names.infer, held[0] if held else None, error) from error
+            if not held:
+                raise RuntimeError("the infer stage gave back more items than it took")  # a bug
+            if not inferred.put(Frame(held.popleft(), value)):
                 break
+        if not stop.is_set():
+            if decode_failure:
+                failure = decode_failure[0]
+                raise StageError(failure.stage, failure.frame, failure.error) from failure.error
+            if held:
+                raise RuntimeError(f"the infer stage dropped frame {held[0]}")  # a bug, never hidden
+            inferred.put(End())
         # Only here, on the way out without an exception, is the encoder let finish what is queued.
         _wait(encoder, stop)
     finally:
         stop.set()
+        # A batching stage left early lets go of the frames it holds.
+        close = getattr(results, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
         decoder.join(_JOIN_SECONDS)
         encoder.join(_JOIN_SECONDS)
     if not encode_outcome:
@@ -223,6 +268,14 @@ def run_pipeline(
     if isinstance(outcome, Failure):
         raise StageError(outcome.stage, outcome.frame, outcome.error) from outcome.error
     return outcome
+
+
+def _one_at_a_time(infer: Callable[[T], U]) -> Callable[[Iterator[T]], Iterator[U]]:
+    def run(values: Iterator[T]) -> Iterator[U]:
+        for value in values:
+            yield infer(value)
+
+    return run
 
 
 def _wait(thread: threading.Thread, stop: threading.Event) -> None:

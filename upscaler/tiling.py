@@ -9,8 +9,10 @@ no visible seams.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -18,6 +20,7 @@ from upscaler.errors import BackendError, OutOfMemory, UpscaleError
 from upscaler.values import SizeRequirement, TileRegion
 
 Infer = Callable[[np.ndarray], np.ndarray]
+K = TypeVar("K")
 
 # Below this side, tiles cost more in overlap than they save in memory.
 SMALLEST_TILE = 32
@@ -103,14 +106,24 @@ def choose_tile_size(
     return smallest
 
 
+# The most bytes of frames a stream holds to fill batches across frames: their padded inputs and the
+# outputs stitched so far. Small frames (where one frame is one tile) batch across frames; frames large
+# enough to fill batches alone never need to be held together, and this keeps two of them from piling up.
+HOLD_BYTES = 512 * 1024**2
+
+
 class Tiler:
     """Upscales frames tile by tile, keeping across frames the tile and batch sizes that last fit.
 
     `infer` takes an N x C x H x W float32 batch whose H and W the model accepts and returns
     N x C' x H*scale x W*scale, raising `OutOfMemory` when the batch does not fit. `tile=None` picks the
     largest tile that fits `memory_budget` (see `choose_tile_size`). After running out of memory the
-    frame is retried with batch 1, then with halved tiles down to 32, and the smaller sizes are kept for
-    later frames.
+    frames in hand are retried with batch 1, then with halved tiles down to 32, and the smaller sizes
+    are kept for later frames.
+
+    `upscale` takes one frame; `upscale_stream` takes a sequence of them and fills each batch with tiles
+    of consecutive frames of one tile shape, which is what keeps batches full when a frame is only one
+    or two tiles.
     """
 
     def __init__(
@@ -123,6 +136,7 @@ class Tiler:
         batch_size: int = 4,
         bytes_per_pixel: int = 0,
         memory_budget: int = 0,
+        hold_bytes: int = HOLD_BYTES,
     ) -> None:
         if scale < 1:
             raise UpscaleError(f"scale must be a positive integer (got {scale})")
@@ -142,6 +156,7 @@ class Tiler:
         self._overlap = overlap
         self._bytes_per_pixel = bytes_per_pixel
         self._memory_budget = memory_budget
+        self._hold_bytes = hold_bytes
         self._ceiling: int | None = None  # the largest tile to try again, once one ran out of memory
         self.batch_size = batch_size
         # The tile side the last frame was upscaled with (at most its padded side); None before the
@@ -150,10 +165,39 @@ class Tiler:
 
     def upscale(self, image: np.ndarray) -> np.ndarray:
         """Upscale one C x H x W float image in [0, 1] to C' x H*scale x W*scale, clipped to [0, 1]."""
+        [(_, output)] = self.upscale_stream([(None, image)])
+        return output
+
+    def upscale_stream(self, frames: Iterable[tuple[K, np.ndarray]]) -> Iterator[tuple[K, np.ndarray]]:
+        """(key, C x H x W image) pairs in -> (key, upscaled image) pairs out, one per frame, in order.
+
+        Batches take tiles of consecutive frames while they have one shape, so a stream of small frames
+        runs full batches; the outputs equal `upscale`'s frame by frame (up to a backend whose results
+        depend on the batch size). A frame is held back only while its tiles wait for a batch to fill:
+        at most `batch_size` frames at once, and no more than `hold_bytes` of them beyond the first.
+        When the frames end, the last, partial batch runs. An output leaves as soon as its frame's last
+        tile is stitched, so a consumer waits for no more than one batch.
+        """
+        held: deque[_Work[K]] = deque()
+        for key, image in frames:
+            work = self._plan(key, *self._pad(image))
+            if held and sum(w.nbytes for w in held) + work.nbytes > self._hold_bytes:
+                while held:
+                    yield from self._run_batch(held)
+            held.append(work)
+            while held and self._batch_ready(held):
+                yield from self._run_batch(held)
+        while held:
+            yield from self._run_batch(held)
+
+    def _pad(self, image: np.ndarray) -> tuple[np.ndarray, int, int]:
         if image.ndim != 3 or 0 in image.shape:
             raise UpscaleError(f"image must be C x H x W with no empty side (got shape {image.shape})")
         _, height, width = image.shape
-        padded = _pad(np.asarray(image, dtype=np.float32), self._requirement)
+        return _pad(np.asarray(image, dtype=np.float32), self._requirement), height, width
+
+    def _plan(self, key: K, padded: np.ndarray, height: int, width: int) -> _Work[K]:
+        """The tiles of one padded frame, with the sizes that currently fit."""
         largest = max(padded.shape[1:])
         if self._tile is None:
             # The largest tile first, then as many of them per batch as the budget holds: smaller
@@ -170,42 +214,149 @@ class Tiler:
         else:
             tile = self._tile
         # A tile wider than the padded frame reads the same as one exactly as wide; clamping it keeps
-        # the halving below from retrying identical tiles.
+        # the halving after running out of memory from retrying identical tiles.
         tile = min(tile, largest, self._ceiling or largest)
-        floor = min(_round_up(SMALLEST_TILE, self._requirement.multiple_of), tile)
-        while True:
-            context = _context(tile, self._overlap, self._requirement)
-            tiles = plan_tiles(padded.shape[1], padded.shape[2], tile, context)
-            batch_size = self._fitting_batch(tiles) if self._tile is None else self.batch_size
-            try:
-                output = _run_tiles(padded, tiles, self._infer, self._scale, batch_size, context)
-                break
-            except OutOfMemory as error:
-                if batch_size > 1 and len(tiles) > 1:
-                    self.batch_size = 1
-                else:
-                    step = self._requirement.multiple_of
-                    smaller = max(floor, tile // 2 // step * step)
-                    if smaller >= tile:
-                        raise OutOfMemory(
-                            f"out of memory even with {tile}x{tile} tiles, one at a time",
-                            hint="free memory on the device, use a lower precision, a smaller model "
-                            "or another device",
-                        ) from error
-                    tile = smaller
-                # Later frames start no larger, even where the budget would pick a larger tile for
-                # batch 1: it is an estimate, and it was just wrong.
-                self._ceiling = tile
-        self.tile_size = tile
-        # Clipping into a new array also drops the padded frame the crop would keep alive.
-        return np.clip(output[:, : height * self._scale, : width * self._scale], 0.0, 1.0)
+        context = _context(tile, self._overlap, self._requirement)
+        tiles = plan_tiles(padded.shape[1], padded.shape[2], tile, context)
+        return _Work(key, padded, height, width, tile, context, tiles, self._scale)
 
-    def _fitting_batch(self, tiles: list[TileRegion]) -> int:
+    def _batch_limit(self, work: _Work) -> int:
         """The most tiles per batch, up to `batch_size`, whose estimated memory fits the budget."""
-        if self._bytes_per_pixel <= 0 or self._memory_budget <= 0:
+        if self._tile is not None or self._bytes_per_pixel <= 0 or self._memory_budget <= 0:
             return self.batch_size
-        window = tiles[0].height * tiles[0].width * self._bytes_per_pixel
+        window = work.tiles[0].height * work.tiles[0].width * self._bytes_per_pixel
         return max(1, min(self.batch_size, self._memory_budget // window))
+
+    def _batch_ready(self, held: deque[_Work]) -> bool:
+        """Whether the first batch is as full as it can get: enough tiles of the first frame's shape, or
+        a frame of another shape after them (tiles of different shapes never share a batch)."""
+        shape = held[0].window
+        waiting = 0
+        for work in held:
+            if work.window != shape:
+                return True
+            waiting += work.waiting
+        return waiting >= self._batch_limit(held[0])
+
+    def _run_batch(self, held: deque[_Work[K]]) -> Iterator[tuple[K, np.ndarray]]:
+        """Infer the next batch (the waiting tiles of the first frames, of one shape) and yield every frame
+        it finishes. After running out of memory, the sizes shrink and every held frame starts again."""
+        shape, limit = held[0].window, self._batch_limit(held[0])
+        taken: list[tuple[_Work[K], list[TileRegion]]] = []
+        count = 0
+        for work in held:
+            if work.window != shape or count == limit:
+                break
+            regions = work.tiles[work.done : work.done + limit - count]
+            taken.append((work, regions))
+            count += len(regions)
+        batch = np.stack([w.padded[:, t.top : t.bottom, t.left : t.right] for w, rs in taken for t in rs])
+        try:
+            result = np.asarray(self._infer(batch), dtype=np.float32)
+        except OutOfMemory as error:
+            self._shrink(count, held[0].tile, error)
+            for index, work in enumerate(held):
+                held[index] = self._plan(work.key, work.padded, work.height, work.width)
+            return
+        channels = result.shape[1] if result.ndim == 4 else -1
+        scale = self._scale
+        expected = (count, channels, batch.shape[2] * scale, batch.shape[3] * scale)
+        if result.shape != expected or any(not w.accepts(channels) for w, _ in taken):
+            raise BackendError(
+                f"the model returned shape {result.shape} for a batch of shape {batch.shape}; "
+                f"expected N x C x H*{scale} x W*{scale} with the same C for every batch"
+            )
+        first = 0
+        for work, regions in taken:
+            work.stitch(regions, result[first : first + len(regions)])
+            first += len(regions)
+        while held and held[0].finished:
+            work = held.popleft()
+            self.tile_size = work.tile
+            yield work.key, work.output()
+
+    def _shrink(self, count: int, tile: int, error: OutOfMemory) -> None:
+        """After a batch of `count` tiles of side `tile` ran out of memory: batch 1 first, then halved
+        tiles, down to 32 (or the frame's own size); raises OutOfMemory when nothing smaller is left."""
+        if count > 1:
+            self.batch_size = 1
+        else:
+            step = self._requirement.multiple_of
+            floor = min(_round_up(SMALLEST_TILE, step), tile)
+            smaller = max(floor, tile // 2 // step * step)
+            if smaller >= tile:
+                raise OutOfMemory(
+                    f"out of memory even with {tile}x{tile} tiles, one at a time",
+                    hint="free memory on the device, use a lower precision, a smaller model "
+                    "or another device",
+                ) from error
+            tile = smaller
+        # Later frames start no larger, even where the budget would pick a larger tile for batch 1: it
+        # is an estimate, and it was just wrong.
+        self._ceiling = tile
+
+
+class _Work(Generic[K]):
+    """One frame on its way through the tiles: what it reads, and what is stitched of it so far."""
+
+    def __init__(
+        self,
+        key: K,
+        padded: np.ndarray,
+        height: int,
+        width: int,
+        tile: int,
+        context: int,
+        tiles: list[TileRegion],
+        scale: int,
+    ) -> None:
+        self.key, self.padded, self.height, self.width = key, padded, height, width
+        self.tile, self.context, self.tiles, self.scale = tile, context, tiles, scale
+        self.window = (tiles[0].height, tiles[0].width)  # plan_tiles gives every tile one shape
+        self.done = 0  # tiles stitched, in plan order
+        self._output: np.ndarray | None = None  # allocated at the first stitch: C' is known only then
+        self._total: np.ndarray | None = None
+        _, padded_h, padded_w = padded.shape
+        # What holding it costs: its padded input, and C' + 1 output planes (assumed C' = C) once begun.
+        self.nbytes = padded.nbytes + (padded.shape[0] + 1) * padded_h * padded_w * scale * scale * 4
+
+    @property
+    def waiting(self) -> int:
+        return len(self.tiles) - self.done
+
+    @property
+    def finished(self) -> bool:
+        return self.done == len(self.tiles)
+
+    def accepts(self, channels: int) -> bool:
+        return self._output is None or self._output.shape[0] == channels
+
+    def stitch(self, regions: list[TileRegion], outputs: np.ndarray) -> None:
+        """Blend the outputs of the next `regions` (in plan order) into the frame."""
+        _, height, width = self.padded.shape
+        scale = self.scale
+        if self._output is None:
+            self._output = np.zeros((outputs.shape[1], height * scale, width * scale), dtype=np.float32)
+            self._total = np.zeros((height * scale, width * scale), dtype=np.float32)
+        assert self._total is not None
+        context = self.context
+        for region, tile_output in zip(regions, outputs, strict=True):
+            weight = np.outer(
+                _ramp(region.top, region.bottom, region.own_top, region.own_bottom, height, context, scale),
+                _ramp(region.left, region.right, region.own_left, region.own_right, width, context, scale),
+            )
+            rows = slice(region.top * scale, region.bottom * scale)
+            columns = slice(region.left * scale, region.right * scale)
+            self._output[:, rows, columns] += tile_output * weight
+            self._total[rows, columns] += weight
+        self.done += len(regions)
+
+    def output(self) -> np.ndarray:
+        """The finished frame, cropped to its size times the scale and clipped to [0, 1]."""
+        assert self._output is not None and self._total is not None and self.finished
+        self._output /= self._total
+        # Clipping into a new array also drops the padded frame the crop would keep alive.
+        return np.clip(self._output[:, : self.height * self.scale, : self.width * self.scale], 0.0, 1.0)
 
 
 def upscale_tiled(
@@ -222,40 +373,6 @@ def upscale_tiled(
     """Upscale one frame; a `Tiler` does the same and also remembers the sizes that fit."""
     tiler = Tiler(infer, scale, requirement, tile, overlap, batch_size, bytes_per_pixel, memory_budget)
     return tiler.upscale(image)
-
-
-def _run_tiles(
-    image: np.ndarray, tiles: list[TileRegion], infer: Infer, scale: int, batch_size: int, overlap: int
-) -> np.ndarray:
-    """Infer every tile and blend the outputs into one C' x H*scale x W*scale image."""
-    _, height, width = image.shape
-    total = np.zeros((height * scale, width * scale), dtype=np.float32)
-    output: np.ndarray | None = None
-    for first in range(0, len(tiles), batch_size):
-        group = tiles[first : first + batch_size]
-        batch = np.stack([image[:, t.top : t.bottom, t.left : t.right] for t in group])
-        result = np.asarray(infer(batch), dtype=np.float32)
-        channels = result.shape[1] if result.ndim == 4 else -1
-        expected = (len(group), channels, batch.shape[2] * scale, batch.shape[3] * scale)
-        if result.shape != expected or (output is not None and channels != output.shape[0]):
-            raise BackendError(
-                f"the model returned shape {result.shape} for a batch of shape {batch.shape}; "
-                f"expected N x C x H*{scale} x W*{scale} with the same C for every batch"
-            )
-        if output is None:
-            output = np.zeros((channels, height * scale, width * scale), dtype=np.float32)
-        for region, tile_output in zip(group, result, strict=True):
-            weight = np.outer(
-                _ramp(region.top, region.bottom, region.own_top, region.own_bottom, height, overlap, scale),
-                _ramp(region.left, region.right, region.own_left, region.own_right, width, overlap, scale),
-            )
-            rows = slice(region.top * scale, region.bottom * scale)
-            columns = slice(region.left * scale, region.right * scale)
-            output[:, rows, columns] += tile_output * weight
-            total[rows, columns] += weight
-    assert output is not None  # plan_tiles never returns an empty plan
-    output /= total
-    return output
 
 
 def _ramp(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import numpy as np
 
@@ -12,6 +13,8 @@ from upscaler.errors import UpscaleError
 from upscaler.models import LoadedModel, load_model
 from upscaler.options import BackendOptions, TileOptions
 from upscaler.tiling import Tiler
+
+K = TypeVar("K")
 
 
 class Upscaler:
@@ -60,12 +63,28 @@ class Upscaler:
 
     def upscale(self, rgb: np.ndarray) -> np.ndarray:
         """H x W x C float32 in [0, 1] -> (H * scale) x (W * scale) x C float32 in [0, 1]."""
+        return _hwc(self.tiler.upscale(self._chw(rgb)))
+
+    def upscale_stream(self, frames: Iterable[tuple[K, np.ndarray]]) -> Iterator[tuple[K, np.ndarray]]:
+        """(key, H x W x C frame) pairs -> (key, upscaled frame) pairs, one per frame, in order.
+
+        Batches are filled with tiles of consecutive frames (see `Tiler.upscale_stream`), so a video of
+        small frames runs full batches; a few frames are held back while a batch fills.
+        """
+        chw = ((key, self._chw(rgb)) for key, rgb in frames)
+        for key, output in self.tiler.upscale_stream(chw):
+            yield key, _hwc(output)
+
+    def _chw(self, rgb: np.ndarray) -> np.ndarray:
         if rgb.ndim != 3 or rgb.shape[2] != self.model.info.in_channels:
             raise UpscaleError(
                 f"expected an H x W x {self.model.info.in_channels} image, got shape {rgb.shape}"
             )
-        chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
-        return np.ascontiguousarray(self.tiler.upscale(chw).transpose(1, 2, 0))
+        return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
+
+
+def _hwc(chw: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(chw.transpose(1, 2, 0))
 
 
 @contextmanager

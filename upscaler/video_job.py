@@ -1,7 +1,7 @@
 """The `upscale video` job: plan it, upscale every frame into parts, mux the parts into the output.
 
     plan = plan_video_job(Path("in.mp4"), Path("out.mp4"), scale=4, model_key={"digest": "..."})
-    report = run_video_job(plan, upscaler.upscale, events=print)
+    report = run_video_job(plan, upscaler, events=print)
 
 Planning does everything that can fail before a frame is decoded: it probes the source, resolves the
 encoding against this FFmpeg and the output container, refuses to overwrite the input (ever) or an
@@ -9,7 +9,8 @@ existing output (without `overwrite`), and computes a fingerprint of every setti
 result.
 
 Running decodes the source in display order, upscales each frame in the calling thread (the model's
-thread) and encodes it into *parts*: small video-only files in a work folder beside the output. A part
+thread; an upscaler with `upscale_stream` fills its batches with tiles of consecutive frames) and encodes
+it into *parts*: small video-only files in a work folder beside the output. A part
 is closed once it holds `part_frames` frames (or spans `part_seconds`) and the next decoded frame is a
 keyframe, which starts the next part; so part boundaries depend only on the frames. A small JSON journal
 in the work folder records each finished part (file, frame count, first and last pts) under the
@@ -44,11 +45,12 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Protocol, TypeVar, runtime_checkable
 
 import av.logging
 import numpy as np
@@ -59,7 +61,7 @@ from upscaler.files import write_bytes_atomically
 from upscaler.image_job import upscale_picture
 from upscaler.images import Picture
 from upscaler.muxing import mux_output
-from upscaler.pipeline import run_pipeline
+from upscaler.pipeline import InferStream, run_pipeline
 from upscaler.video import VideoFrame, VideoInfo, decode_frames, probe_video
 
 try:
@@ -68,6 +70,17 @@ except ImportError:  # Windows: the lock falls back to a file created exclusivel
     fcntl = None
 
 Upscale = Callable[[np.ndarray], np.ndarray]
+K = TypeVar("K")
+
+
+@runtime_checkable
+class UpscaleStream(Protocol):
+    """An upscaler that takes frames as a stream, to batch tiles of consecutive frames together
+    (`upscaler.upscaling.Upscaler`): (key, H x W x 3 float32) pairs in, (key, upscaled) pairs out, one
+    per frame and in order."""
+
+    def upscale_stream(self, frames: Iterable[tuple[K, np.ndarray]]) -> Iterator[tuple[K, np.ndarray]]: ...
+
 
 JOURNAL_VERSION = 1
 JOURNAL_NAME = "journal.json"
@@ -76,6 +89,21 @@ LOCK_NAME = "lock"
 # A part of about ten seconds at 25 fps: small enough that a crash loses little, large enough that the
 # encoder's look-ahead and rate control barely notice the cuts.
 DEFAULT_PART_FRAMES = 250
+
+# How many frames wait between decoding and upscaling, and between upscaling and encoding. Decoding and
+# encoding run on their own threads, so a queue only has to absorb their jitter (a slow keyframe, a part
+# being closed and the next opened) and, before upscaling, the burst of frames a batch across frames
+# takes at once; deeper queues only cost memory. Both hold float32 RGB: frames are converted from and to
+# 8 or 16 bits on the decode and encode threads, never on the upscaling thread, at 4x the bytes of 8-bit
+# frames. So each queue is also capped in bytes (`_queue_depth`): a 4K frame as decoded is 100 MB, a
+# 1080p frame upscaled x4 400 MB. Not measured yet (the machine was busy): to tune, run `upscale video`
+# on a GPU while sampling both queues' fill (Pipe.qsize): a decode queue often empty means decoding
+# stalls inference (deeper, or more decoder threads), an encode queue often full means encoding does.
+DECODE_QUEUE_FRAMES = 8
+ENCODE_QUEUE_FRAMES = 4
+QUEUE_BYTES = 512 * 1024**2
+# Below two frames, one slow frame on either side stalls upscaling; worth it even for the largest frames.
+_SMALLEST_QUEUE = 2
 
 
 # ------------------------------------------------------------------------------------------- values
@@ -804,19 +832,21 @@ class _PartSink:
 
 def run_video_job(
     plan: VideoPlan,
-    upscale: Upscale,
+    upscale: Upscale | UpscaleStream,
     *,
     resume: bool = True,
     events: Callable[[Event], None] | None = None,
     progress_interval: float = 0.5,
-    queue_size: int = 2,
+    queue_size: tuple[int, int] | None = None,
 ) -> VideoReport:
-    """Run `plan` with `upscale` (H x W x 3 float32 [0, 1] -> scaled up by plan.scale, in this thread).
+    """Run `plan` with `upscale` (H x W x 3 float32 [0, 1] -> scaled up by plan.scale, in this thread):
+    a function of one frame, or an `UpscaleStream`, which batches tiles of consecutive frames.
 
     resume: go on from a journal made with the same settings (False: discard it and start again).
     events: receives Progress (at most every `progress_interval` seconds, and at each finished part)
-    and Note lines. Raises UpscaleError; on any failure no output file is left behind, and the finished
-    parts stay in plan.work_dir for the next run (the error's hint says so).
+    and Note lines. queue_size: the (decode, encode) queue depths in frames; None picks them from the
+    frame sizes (see DECODE_QUEUE_FRAMES). Raises UpscaleError; on any failure no output file is left
+    behind, and the finished parts stay in plan.work_dir for the next run (the error's hint says so).
     """
     started = time.monotonic()
     warnings: list[str] = list(plan.warnings)
@@ -854,9 +884,9 @@ def run_video_job(
                 )
                 run_pipeline(
                     frames,
-                    lambda frame: _upscale_frame(frame, upscale, plan),
+                    _infer_stage(upscale, plan),
                     sink,
-                    queue_size=queue_size,
+                    queue_size=queue_size or _queue_sizes(plan),
                     first_frame=journal.frames,
                 )
                 for line in problems:
@@ -888,9 +918,38 @@ def run_video_job(
     )
 
 
+def _infer_stage(
+    upscale: Upscale | UpscaleStream, plan: VideoPlan
+) -> Callable[[VideoFrame], _Upscaled] | InferStream[VideoFrame, _Upscaled]:
+    if isinstance(upscale, UpscaleStream):
+        return InferStream(lambda frames: _upscale_frames(frames, upscale, plan))
+    return lambda frame: _upscale_frame(frame, upscale, plan)
+
+
+def _queue_sizes(plan: VideoPlan) -> tuple[int, int]:
+    decoded = plan.source.width * plan.source.height * 3 * 4
+    upscaled = plan.width * plan.height * 3 * 4
+    return _queue_depth(DECODE_QUEUE_FRAMES, decoded), _queue_depth(ENCODE_QUEUE_FRAMES, upscaled)
+
+
+def _queue_depth(frames: int, frame_bytes: int) -> int:
+    """`frames`, or fewer where they would hold more than QUEUE_BYTES; never below _SMALLEST_QUEUE."""
+    return max(_SMALLEST_QUEUE, min(frames, QUEUE_BYTES // max(1, frame_bytes)))
+
+
 def _upscale_frame(frame: VideoFrame, upscale: Upscale, plan: VideoPlan) -> _Upscaled:
     picture = upscale_picture(Picture(rgb=frame.rgb), upscale, scale=plan.scale, outscale=plan.outscale)
     return _Upscaled(frame.pts, frame.key_frame, picture.rgb)
+
+
+def _upscale_frames(
+    frames: Iterator[VideoFrame], upscale: UpscaleStream, plan: VideoPlan
+) -> Iterator[_Upscaled]:
+    """The infer stage with batches across frames: the same frames out as `_upscale_frame` gives."""
+    for frame, rgb in upscale.upscale_stream((frame, frame.rgb) for frame in frames):
+        # The model already ran; upscale_picture checks its output's size and resizes to --outscale
+        # exactly as it does for a frame upscaled alone (a video frame has no alpha to upscale).
+        yield _upscale_frame(frame, lambda _, done=rgb: done, plan)
 
 
 def _mux(plan: VideoPlan, journal: Journal) -> list[str]:

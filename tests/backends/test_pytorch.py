@@ -106,3 +106,17 @@ def test_cuda_matches_the_cpu_reference(model, precision) -> None:
         out = gpu.infer(x)
     atol = {Precision.FP32: 1e-3, Precision.FP16: 1e-2, Precision.BF16: 5e-2}[precision]
     np.testing.assert_allclose(out, expected, atol=atol)
+
+
+@pytest.mark.parametrize(("feature", "dtype"), [("AVX512_BF16", torch.bfloat16), (None, torch.float32)])
+def test_auto_precision_on_the_cpu_follows_the_cpus_bf16(monkeypatch, model, feature, dtype) -> None:
+    from upscaler import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_feature", lambda: feature)
+    options = BackendOptions(device="cpu", precision=Precision.AUTO)
+    choice = TorchBackend().auto_precision(options)
+    assert choice.precision is (Precision.BF16 if feature else Precision.FP32)
+    # A library caller may pass auto straight to open: the session runs the concrete choice.
+    with TorchBackend().open(model, options) as session:
+        assert session.dtype == dtype
+        assert session.infer(batch()).dtype == np.float32

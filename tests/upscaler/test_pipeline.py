@@ -8,7 +8,16 @@ from collections.abc import Iterator
 import pytest
 
 from upscaler.errors import InputError, OutputError, UpscaleError
-from upscaler.pipeline import End, Failure, Frame, Pipe, StageError, Stopped, run_pipeline
+from upscaler.pipeline import (
+    End,
+    Failure,
+    Frame,
+    InferStream,
+    Pipe,
+    StageError,
+    Stopped,
+    run_pipeline,
+)
 
 
 class Source:
@@ -181,3 +190,95 @@ def test_queue_items_are_typed() -> None:
     assert pipe.get() == Frame(0, "a")
     assert pipe.get() is failure
     assert isinstance(pipe.get(), End)
+
+
+# ------------------------------------------------------------------------ a batching infer stage
+
+
+def in_batches(size: int, fail_at: int | None = None) -> InferStream:
+    """An infer stage that holds `size` items and gives them back together (times 10), as a model
+    batching frames does; it fails on the batch holding `fail_at`."""
+
+    def run(values: Iterator[int]) -> Iterator[int]:
+        batch: list[int] = []
+        for value in values:
+            batch.append(value)
+            if len(batch) == size:
+                if fail_at in batch:
+                    raise ValueError("out of luck")
+                yield from (item * 10 for item in batch)
+                batch = []
+        yield from (item * 10 for item in batch)  # the end: the partial batch
+
+    return InferStream(run)
+
+
+@pytest.mark.parametrize(("count", "size"), [(0, 3), (1, 3), (7, 3), (9, 3), (10, 4), (5, 1)])
+def test_a_batching_infer_stage_keeps_every_item_in_order(count: int, size: int) -> None:
+    result = run_pipeline(iter(range(count)), in_batches(size), collect, queue_size=(2, 1))
+    assert result == [value * 10 for value in range(count)]
+
+
+def test_a_batching_infer_stage_keeps_frame_numbers() -> None:
+    def encode(values: Iterator[int]) -> None:
+        for value in values:
+            if value == 60:
+                raise OSError("disk full")
+
+    with pytest.raises(StageError) as caught:
+        run_pipeline(iter(range(20)), in_batches(4), encode, first_frame=100)
+    # The value 60 came from the item numbered 106: numbers travel with the values, not with batches.
+    assert (caught.value.stage, caught.value.frame) == ("encode", 106)
+
+
+def test_a_failing_batch_is_reported_at_the_first_frame_it_holds() -> None:
+    source = Source(None)
+    with pytest.raises(StageError) as caught:
+        run_pipeline(source, in_batches(4, fail_at=10), collect, first_frame=100)
+    # Items 8..11 were in the failing batch; 0..7 went on to the encoder before it.
+    assert (caught.value.stage, caught.value.frame) == ("infer", 108)
+    assert str(caught.value) == "infer failed at frame 108: ValueError: out of luck"
+    assert source.closed
+
+
+def test_a_decode_failure_lets_the_frames_held_for_a_batch_go_on_first() -> None:
+    seen: list[int] = []
+
+    def encode(values: Iterator[int]) -> None:
+        seen.extend(values)
+
+    with pytest.raises(StageError) as caught:
+        run_pipeline(Source(100, fail_at=6), in_batches(4), encode)
+    assert (caught.value.stage, caught.value.frame) == ("decode", 6)
+    # Frames 4 and 5 were waiting for a batch; like every frame before a failure, they were upscaled.
+    assert seen == [value * 10 for value in range(len(seen))] and len(seen) <= 6
+
+
+def test_an_infer_stage_that_drops_a_frame_is_a_bug_not_a_shorter_output() -> None:
+    def drops_the_last(values: Iterator[int]) -> Iterator[int]:
+        items = list(values)
+        yield from items[:-1]
+
+    with pytest.raises(RuntimeError, match="dropped frame 4"):
+        run_pipeline(iter(range(5)), InferStream(drops_the_last), collect)
+
+
+def test_memory_is_bounded_by_the_queues_and_the_batch() -> None:
+    source = Source(60)
+    lead: list[int] = []
+
+    def encode(values: Iterator[int]) -> int:
+        count = 0
+        for _ in values:
+            count += 1
+            lead.append(source.produced - count)
+        return count
+
+    assert run_pipeline(source, in_batches(4), encode, queue_size=(2, 3)) == 60
+    # Produced but not yet encoded: both queues, a batch in `infer`, the one the decoder holds.
+    assert max(lead) <= 2 + 3 + 4 + 1
+
+
+def test_queue_sizes_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        run_pipeline(iter(range(3)), lambda value: value, collect, queue_size=(2, 0))

@@ -332,3 +332,161 @@ def test_bad_images_and_plans_say_what_is_wrong():
 def test_a_model_returning_the_wrong_size_is_a_backend_error():
     with pytest.raises(BackendError, match="returned shape"):
         upscale_tiled(random_image(20, 20), nearest(3), 2, SizeRequirement(), 64, 8, 4)
+
+
+# ------------------------------------------------------------------------- batches across frames
+
+
+def recording(infer):
+    """`infer` that also keeps the shape of every batch it ran."""
+    shapes: list[tuple[int, ...]] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        shapes.append(batch.shape)
+        return infer(batch)
+
+    run.shapes = shapes
+    return run
+
+
+def frames_of(shapes: list[tuple[int, int]], seed: int = 0) -> list[np.ndarray]:
+    return [random_image(height, width, seed=seed + index) for index, (height, width) in enumerate(shapes)]
+
+
+# One tile per frame, and several (a 50x61 frame is 4 x 4 tiles of 16 plus context).
+@pytest.mark.parametrize(("size", "tile"), [((20, 28), 64), ((50, 61), 16)])
+@pytest.mark.parametrize("batch_size", [1, 3, 4])
+@pytest.mark.parametrize("count", [1, 5, 7])
+def test_a_stream_gives_each_frame_what_upscaling_it_alone_gives(size, tile, batch_size, count):
+    model = tiny_model()
+    frames = frames_of([size] * count)
+    alone = Tiler(model, 2, SizeRequirement(4), tile=tile, overlap=6, batch_size=batch_size)
+    expected = [alone.upscale(frame) for frame in frames]
+    infer = recording(model)
+    tiler = Tiler(infer, 2, SizeRequirement(4), tile=tile, overlap=6, batch_size=batch_size)
+    keys, outputs = zip(*tiler.upscale_stream(enumerate(frames)), strict=True)
+    assert keys == tuple(range(count))
+    # Stitching is the same arithmetic in the same order; only the convolutions differ, by a rounding
+    # step (about 6e-8 here): PyTorch's CPU kernels may block a batch of 1 and one of 4 differently.
+    for output, wanted in zip(outputs, expected, strict=True):
+        assert output.shape == wanted.shape
+        np.testing.assert_allclose(output, wanted, rtol=0, atol=1e-6)
+    # Every batch is full but the last: tiles of consecutive frames share batches.
+    tiles = len(plan_tiles(*size, tile, 6)) if tile < max(size) else 1
+    total = tiles * count
+    full, rest = divmod(total, batch_size)
+    assert [shape[0] for shape in infer.shapes] == [batch_size] * full + ([rest] if rest else [])
+
+
+def test_a_stream_of_a_model_without_receptive_field_is_exact():
+    frames = frames_of([(9, 13)] * 7)
+    tiler = Tiler(nearest(3), 3, SizeRequirement(), tile=64, overlap=4, batch_size=4)
+    for (_, output), frame in zip(tiler.upscale_stream(enumerate(frames)), frames, strict=True):
+        np.testing.assert_array_equal(output, upscale_nearest(frame, 3))
+
+
+def test_tiles_of_different_shapes_never_share_a_batch():
+    shapes = [(20, 20), (20, 20), (24, 16), (20, 20), (20, 20), (20, 20), (40, 40)]
+    frames = frames_of(shapes)
+    infer = recording(nearest(2))
+    tiler = Tiler(infer, 2, SizeRequirement(4), tile=16, overlap=4, batch_size=4)
+    outputs = [output for _, output in tiler.upscale_stream(enumerate(frames))]
+    for output, frame in zip(outputs, frames, strict=True):
+        np.testing.assert_allclose(output, upscale_nearest(frame, 2), rtol=0, atol=1e-6)
+    # A 40x40 frame is four 24x24 windows (tile 16 + context 4 on each side); the others one each.
+    assert [shape[0] for shape in infer.shapes] == [2, 1, 3, 4]
+    assert [shape[2:] for shape in infer.shapes] == [(20, 20), (24, 16), (20, 20), (24, 24)]
+
+
+class Pulled:
+    """Frames handed to a stream one by one, counting how many it took."""
+
+    def __init__(self, frames: list[np.ndarray]) -> None:
+        self.frames = frames
+        self.taken = 0
+
+    def __iter__(self):
+        for index, frame in enumerate(self.frames):
+            self.taken += 1
+            yield index, frame
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 4])
+def test_a_stream_holds_at_most_a_batch_of_frames_and_lets_each_go_when_done(batch_size):
+    pulled = Pulled(frames_of([(8, 8)] * 10))
+    tiler = Tiler(nearest(2), 2, SizeRequirement(), tile=64, overlap=4, batch_size=batch_size)
+    held = []
+    for key, _ in tiler.upscale_stream(pulled):
+        held.append(pulled.taken - key)
+    assert max(held) <= batch_size
+    # A full batch is run as soon as its last frame arrives, before the next frame is taken.
+    assert held[: 10 // batch_size * batch_size][batch_size - 1 :: batch_size] == [1] * (10 // batch_size)
+
+
+def test_frames_beyond_the_hold_budget_are_not_held_to_fill_batches():
+    frames = frames_of([(8, 8)] * 5)
+    infer = recording(nearest(2))
+    tiler = Tiler(infer, 2, SizeRequirement(), tile=64, overlap=4, batch_size=4, hold_bytes=1)
+    outputs = [output for _, output in tiler.upscale_stream(enumerate(frames))]
+    assert [shape[0] for shape in infer.shapes] == [1] * 5
+    for output, frame in zip(outputs, frames, strict=True):
+        np.testing.assert_array_equal(output, upscale_nearest(frame, 2))
+
+
+def test_the_memory_budget_bounds_a_batch_across_frames():
+    # The budget holds two 12x12 windows: batches of two frames, though batch_size allows four.
+    infer = recording(nearest(1))
+    tiler = Tiler(infer, 1, SizeRequirement(4), None, 8, 4, bytes_per_pixel=1, memory_budget=2 * 12 * 12)
+    list(tiler.upscale_stream(enumerate(frames_of([(12, 12)] * 5))))
+    assert [shape[0] for shape in infer.shapes] == [2, 2, 1]
+
+
+def test_out_of_memory_in_a_batch_across_frames_retries_every_held_frame_with_batch_1():
+    refused = []
+
+    def one_at_a_time(batch: np.ndarray) -> np.ndarray:
+        if batch.shape[0] > 1:
+            refused.append(batch.shape)
+            raise OutOfMemory("CUDA out of memory")
+        return nearest(2)(batch)
+
+    frames = frames_of([(10, 10)] * 6)
+    tiler = Tiler(one_at_a_time, 2, SizeRequirement(), tile=64, overlap=4, batch_size=3)
+    outputs = list(tiler.upscale_stream(enumerate(frames)))
+    assert [key for key, _ in outputs] == list(range(6))
+    for (_, output), frame in zip(outputs, frames, strict=True):
+        np.testing.assert_array_equal(output, upscale_nearest(frame, 2))
+    assert (tiler.batch_size, len(refused)) == (1, 1)
+
+
+def test_out_of_memory_in_a_stream_halves_the_tiles_then_gives_up_with_the_size_tried():
+    def windows_up_to_40(batch: np.ndarray) -> np.ndarray:
+        if batch.shape[2] * batch.shape[3] > 40 * 40:
+            raise OutOfMemory("CUDA out of memory")
+        return nearest(2)(batch)
+
+    frames = frames_of([(70, 70)] * 3)
+    tiler = Tiler(windows_up_to_40, 2, SizeRequirement(4), tile=64, overlap=4, batch_size=1)
+    for (_, output), frame in zip(tiler.upscale_stream(enumerate(frames)), frames, strict=True):
+        np.testing.assert_allclose(output, upscale_nearest(frame, 2), rtol=0, atol=1e-6)
+    assert tiler.tile_size == 32
+
+    def never(batch: np.ndarray) -> np.ndarray:
+        raise OutOfMemory("CUDA out of memory")
+
+    tiler = Tiler(never, 2, SizeRequirement(4), tile=64, overlap=4, batch_size=4)
+    with pytest.raises(OutOfMemory, match="even with 32x32 tiles"):
+        list(tiler.upscale_stream(enumerate(frames)))
+
+
+def test_a_model_changing_its_channels_between_batches_of_one_frame_is_a_backend_error():
+    calls = [0]
+
+    def fickle(batch: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        out = nearest(2)(batch)
+        return out if calls[0] == 1 else out[:, :2]
+
+    tiler = Tiler(fickle, 2, SizeRequirement(), tile=16, overlap=4, batch_size=1)
+    with pytest.raises(BackendError, match="same C for every batch"):
+        tiler.upscale(random_image(40, 40))

@@ -50,3 +50,35 @@ def test_frames_of_the_wrong_channel_count_are_refused(tmp_path: Path) -> None:
         pytest.raises(UpscaleError, match="expected an H x W x 3 image"),
     ):
         upscaler.upscale(np.zeros((8, 8, 4), np.float32))
+
+
+# A frame that is one tile, and one of several 16-pixel tiles.
+@pytest.mark.parametrize(("size", "tile"), [((18, 30), None), ((37, 45), 16)])
+@pytest.mark.parametrize("batch_size", [1, 3, 4])
+def test_a_stream_of_frames_gives_what_each_frame_alone_gives(
+    tmp_path: Path, size: tuple[int, int], tile: int | None, batch_size: int
+) -> None:
+    model = load_model(tiny_weights(tmp_path, "compact"))
+    frames = [np.random.default_rng(seed).random((*size, 3), dtype=np.float32) for seed in range(7)]
+    options = TileOptions(tile_size=tile, batch_size=batch_size)
+    with open_upscaler(model, "torch", BackendOptions(device="cpu"), options) as upscaler:
+        alone = [upscaler.upscale(frame) for frame in frames]
+        infer, batches = upscaler.tiler._infer, []
+        upscaler.tiler._infer = lambda batch: batches.append(batch.shape[0]) or infer(batch)
+        streamed = list(upscaler.upscale_stream((f"frame {n}", frame) for n, frame in enumerate(frames)))
+    assert [key for key, _ in streamed] == [f"frame {n}" for n in range(7)]
+    # PyTorch's CPU convolutions may round a batch of 4 differently from a batch of 1 (by ~1e-7).
+    for (_, output), expected in zip(streamed, alone, strict=True):
+        assert output.shape == (size[0] * 4, size[1] * 4, 3) and output.flags.c_contiguous
+        np.testing.assert_allclose(output, expected, rtol=0, atol=1e-6)
+    assert max(batches) == batch_size and batches.count(batch_size) >= len(batches) - 1
+
+
+def test_a_stream_fails_on_a_frame_of_the_wrong_channel_count(tmp_path: Path) -> None:
+    model = load_model(tiny_weights(tmp_path, "compact"))
+    frames = [(0, np.zeros((8, 8, 3), np.float32)), (1, np.zeros((8, 8, 4), np.float32))]
+    with (
+        open_upscaler(model, "torch", BackendOptions(device="cpu"), TileOptions()) as upscaler,
+        pytest.raises(UpscaleError, match="expected an H x W x 3 image"),
+    ):
+        list(upscaler.upscale_stream(frames))

@@ -22,6 +22,8 @@ from upscaler import video_job
 from upscaler.encoding import EncodeSettings
 from upscaler.errors import InputError, OutputError, UpscaleError
 from upscaler.pipeline import StageError
+from upscaler.tiling import Tiler
+from upscaler.values import SizeRequirement
 from upscaler.video_job import (
     Journal,
     Note,
@@ -116,6 +118,78 @@ def test_size_frames_timestamps_and_audio_bytes_are_kept(tmp_path: Path) -> None
     assert check.packet_hashes(out, "audio") == check.packet_hashes(source, "audio")
     assert report.parts == 3 and report.resumed_parts == 0
     assert leftovers(tmp_path, {"cfr.mp4", "out.mp4"}) == []
+
+
+class Streaming:
+    """`nearest` through a real Tiler, taking frames as a stream so tiles of consecutive frames share
+    batches (as `Upscaler` does); records each batch's size and can fail at one batch."""
+
+    def __init__(self, tile: int, batch_size: int = 3, fail_at_batch: int | None = None) -> None:
+        self.batches: list[int] = []
+        self.fail_at_batch = fail_at_batch
+        self.tiler = Tiler(self._infer, 2, SizeRequirement(), tile=tile, overlap=4, batch_size=batch_size)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        if len(self.batches) == self.fail_at_batch:
+            raise UpscaleError("the model gave up")
+        self.batches.append(batch.shape[0])
+        return batch.repeat(2, axis=2).repeat(2, axis=3)
+
+    def upscale_stream(self, frames):
+        chw = ((key, rgb.transpose(2, 0, 1)) for key, rgb in frames)
+        for key, output in self.tiler.upscale_stream(chw):
+            yield key, np.ascontiguousarray(output.transpose(1, 2, 0))
+
+    def one_frame(self, rgb: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.tiler.upscale(rgb.transpose(2, 0, 1)).transpose(1, 2, 0))
+
+
+# 64x48 frames: one tile of 64, or several of 16; the clip's frame count is not a multiple of 3.
+@pytest.mark.parametrize(("tile", "tiles"), [(64, 1), (16, 12)])
+def test_batches_across_frames_give_the_same_frames_and_timestamps(
+    tmp_path: Path, tile: int, tiles: int
+) -> None:
+    source = clips.vfr_clip(tmp_path)
+    alone, batched = tmp_path / "alone.mkv", tmp_path / "batched.mkv"
+    run_video_job(plan(source, alone, settings=LOSSLESS, part_frames=4), Streaming(tile).one_frame)
+    streaming = Streaming(tile)
+    report = run_video_job(plan(source, batched, settings=LOSSLESS, part_frames=4), streaming)
+    assert report.frames == len(clips.VFR_PTS) and report.frames % 3
+    expected, got = check.decode(alone), check.decode(batched)
+    assert got.hashes == expected.hashes
+    assert got.times == expected.times
+    assert check.relative_times(got.times) == [t - clips.VFR_PTS[0] for t in clips.VFR_PTS]
+    full, rest = divmod(report.frames * tiles, 3)
+    assert streaming.batches == [3] * full + ([rest] if rest else [])
+
+
+def test_a_failing_batch_across_frames_names_its_first_frame(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=12, audio=False)
+    out = tmp_path / "out.mkv"
+    with pytest.raises(StageError) as caught:
+        run_video_job(plan(source, out), Streaming(64, fail_at_batch=2))
+    # Batches of three one-tile frames: the third holds frames 6, 7 and 8.
+    assert str(caught.value) == "infer failed at frame 6: the model gave up"
+    assert leftovers(tmp_path, {"cfr.mp4"}) == []
+
+
+@pytest.mark.parametrize(
+    ("size", "upscaled", "depths"),
+    [
+        ((64, 48), (128, 96), (video_job.DECODE_QUEUE_FRAMES, video_job.ENCODE_QUEUE_FRAMES)),
+        ((3840, 2160), (7680, 4320), (5, 2)),  # 4K in (100 MB a frame), 8K out (400 MB)
+        ((1920, 1080), (7680, 4320), (video_job.DECODE_QUEUE_FRAMES, 2)),
+        ((7680, 4320), (30720, 17280), (2, 2)),  # never below two frames
+    ],
+)
+def test_queue_depths_are_capped_in_bytes(size, upscaled, depths) -> None:
+    decoded = size[0] * size[1] * 3 * 4
+    encoded = upscaled[0] * upscaled[1] * 3 * 4
+    got = (
+        video_job._queue_depth(video_job.DECODE_QUEUE_FRAMES, decoded),
+        video_job._queue_depth(video_job.ENCODE_QUEUE_FRAMES, encoded),
+    )
+    assert got == depths
 
 
 def test_variable_frame_rate_stays_variable(tmp_path: Path) -> None:
@@ -395,7 +469,9 @@ def test_an_interrupt_keeps_finished_parts_and_leaves_no_output(tmp_path: Path) 
 
     interrupt.calls = 0
     with pytest.raises(KeyboardInterrupt):
-        run_video_job(plan(source, out, settings=LOSSLESS), interrupt)
+        # With two frames per queue, the encoder has taken frame 8 (which closes the first part)
+        # before frame 11 is upscaled.
+        run_video_job(plan(source, out, settings=LOSSLESS), interrupt, queue_size=(2, 2))
     assert leftovers(tmp_path, {"cfr.mp4"}) == [".out.mkv.upscale-parts"]
     work = tmp_path / ".out.mkv.upscale-parts"
     assert sorted(p.name for p in work.iterdir()) == ["journal.json", "part-00000.nut"]

@@ -25,6 +25,7 @@ COMMANDS = {
     "backends": "upscaler.cli.info:backends",
     "export-onnx": "upscaler.cli.export:export_onnx",
     "build-engine": "upscaler.cli.export:build_engine",
+    "bench": "upscaler.cli.bench:bench",
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import ModelRun, model_options, print_table
+from upscaler.cli.options import ModelRun, model_options, print_table, resolve_model_run
 
 
 @click.command(name="eval")
@@ -58,6 +58,7 @@ def eval_command(
             )
             described = "bicubic only"
         else:
+            run = resolve_model_run(run)
             with open_upscaler(run.model, run.backend, run.backend_options, run.tile_options) as upscaler:
                 if scale is not None and scale != upscaler.scale:
                     raise InputError(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import ModelRun, model_options
+from upscaler.cli.options import ModelRun, model_options, resolve_model_run
 
 
 @click.command()
@@ -57,6 +57,7 @@ def images(
         raise click.UsageError("--skip-existing and --overwrite exclude each other")
     # Outputs inside an input folder must not become inputs of the next run.
     found = find_images(list(inputs), pattern, exclude=[output_dir] if output_dir else [])
+    run = resolve_model_run(run)
     with open_upscaler(run.model, run.backend, run.backend_options, run.tile_options) as upscaler:
         scale = upscaler.scale
         plan = plan_outputs(

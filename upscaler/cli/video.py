@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import ModelRun, model_options
+from upscaler.cli.options import ModelRun, model_options, resolve_model_run
 from upscaler.errors import OutputError
 
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)$")
@@ -143,7 +143,6 @@ def video(
     keeps its timestamp, colour tags and rotation are kept. Work is saved in parts beside OUTPUT: if the
     run stops, the same command goes on where it stopped.
     """
-    from upscaler.backend import get_backend
     from upscaler.encoding import EncodeSettings
     from upscaler.models import load_model
     from upscaler.upscaling import open_upscaler
@@ -153,7 +152,9 @@ def video(
     # svtav1-params have no log level, only this variable: errors only, unless the user set it.
     os.environ.setdefault("SVT_LOG", "1")
     loaded = load_model(run.model)
-    backend_name = get_backend(run.backend, run.backend_options).name
+    # --backend auto and --precision auto decided here, so the journal records what really runs.
+    run = resolve_model_run(run)
+    backend_name = run.backend
     # What about the model and its running changes the pixels, so a journal made otherwise is not reused.
     tiles = run.tile_options
     model_key = {
@@ -196,7 +197,7 @@ def video(
                 f"{plan.width}x{plan.height}, {plan.encoding.describe()}",
                 err=True,
             )
-            report = run_video_job(plan, upscaler.upscale, resume=resume, events=show)
+            report = run_video_job(plan, upscaler, resume=resume, events=show)
     except KeyboardInterrupt:
         show.close()
         kept = f"; finished parts are kept in {plan.work_dir}, run the same command to resume"

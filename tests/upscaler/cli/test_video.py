@@ -118,16 +118,15 @@ def test_an_interrupted_run_resumes_by_default(tmp_path: Path, weights: Path, mo
         "--codec",
         "ffv1",
     )
-    upscale = Upscaler.upscale
-    calls = [0]
+    upscale_stream = Upscaler.upscale_stream
 
-    def interrupted(self, rgb):
-        calls[0] += 1
-        if calls[0] == 13:
-            raise KeyboardInterrupt
-        return upscale(self, rgb)
+    def interrupted(self, frames):
+        for count, done in enumerate(upscale_stream(self, frames), start=1):
+            if count == 13:
+                raise KeyboardInterrupt
+            yield done
 
-    monkeypatch.setattr(Upscaler, "upscale", interrupted)
+    monkeypatch.setattr(Upscaler, "upscale_stream", interrupted)
     result = run(*args)
     assert result.exit_code == 130
     assert f"Interrupted; finished parts are kept in {tmp_path / '.out.mkv.upscale-parts'}" in result.output

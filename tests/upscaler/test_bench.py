@@ -1,0 +1,237 @@
+"""`upscaler.bench`: the FLOP counter, the report's shape, and a tiny bench end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from tests.conftest import tiny_weights
+from upscaler.bench import (
+    BenchSettings,
+    Timing,
+    architecture_flops,
+    count_flops,
+    cpu_has_bf16,
+    hardware_precisions,
+    run_bench,
+)
+from upscaler.cli import cli
+from upscaler.models import find_model
+from upscaler.values import Precision
+
+# --- FLOPs ---------------------------------------------------------------------------------------------
+
+
+def test_flops_of_a_tiny_net_by_hand() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),  # 8 outputs x 3*9 MACs per pixel
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),  # 8 outputs x 4*9 MACs per pixel
+        nn.ConvTranspose2d(8, 4, 2, stride=2),  # 8 inputs x 4*4 MACs per input pixel
+        nn.Flatten(),
+        nn.Linear(4 * 10 * 12, 5),  # 5 x 480 MACs
+    )
+    count = count_flops(net, 5, 6)
+    pixels = 5 * 6
+    expected = 2 * (pixels * 8 * 27 + pixels * 8 * 36 + pixels * 8 * 16 + 5 * 480)
+    assert count.flops == expected
+    assert count.layers == 4
+    assert count.per_pixel == pytest.approx(expected / pixels)
+
+
+def test_flops_on_the_meta_device_match_the_cpu() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 3, 1))
+    with torch.device("meta"):
+        meta = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 3, 1))
+    assert count_flops(meta, 7, 9).flops == count_flops(net, 7, 9).flops == 2 * 63 * (4 * 27 + 3 * 4)
+
+
+@pytest.mark.parametrize(
+    ("model", "change", "mflops"),
+    [
+        # the figures in ../shared/notes-cpu-performance.md (64 features, x4), to 3 significant figures
+        ("compact", {}, 1.24),
+        ("esrgan", {}, 35.9),
+        ("esrgan", {"num_block": 6}, 11.4),
+        # SRGAN's SRResNet: 9x9 head and tail, no convs at output size but the tail:
+        # 2*(81*3*64 + 33*9*64*64 + 9*64*256 * (1 + 4) + 16*81*64*3) = 4.44 M
+        ("srgan", {}, 4.436352),
+    ],
+)
+def test_flops_per_pixel_of_the_real_architectures(model: str, change: dict, mflops: float) -> None:
+    entry = find_model(model)
+    count = architecture_flops(entry.arch, {**entry.config, **change})
+    assert count.per_pixel / 1e6 == pytest.approx(mflops, rel=2e-3)
+
+
+def test_flops_per_pixel_of_msrresnet() -> None:
+    config = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 16, "upscale": 4}
+    assert architecture_flops("msrresnet", config).per_pixel / 1e6 == pytest.approx(5.07, rel=2e-3)
+
+
+# --- small pieces --------------------------------------------------------------------------------------
+
+
+def test_timing_median_spread_and_rates() -> None:
+    timing = Timing((2.0, 1.0, 4.0))
+    assert (timing.median, timing.low, timing.high) == (2.0, 1.0, 4.0)
+    rate = timing.rate(8.0)
+    assert (rate.median, rate.low, rate.high) == (4.0, 2.0, 8.0)
+
+
+def test_bf16_from_cpu_flags() -> None:
+    assert cpu_has_bf16({"avx512f", "avx512_bf16"})
+    assert cpu_has_bf16({"amx_bf16", "amx_tile"})
+    assert not cpu_has_bf16({"avx2", "avx512f"})
+    assert hardware_precisions("cpu", bf16=False) == (Precision.FP32,)
+    assert hardware_precisions("cpu", bf16=True) == (Precision.FP32, Precision.BF16)
+    assert hardware_precisions("cuda", bf16=True) == (Precision.FP32, Precision.FP16, Precision.BF16)
+
+
+# --- end to end ----------------------------------------------------------------------------------------
+
+
+def _settings(weights: Path, **changes) -> BenchSettings:
+    base = {
+        "model": str(weights),
+        "backends": ("torch",),
+        "precisions": (Precision.FP32,),
+        "device": "cpu",
+        "width": 16,
+        "height": 12,
+        "repeat": 2,
+        "warmup": 1,
+        "frames": 2,
+    }
+    return BenchSettings(**{**base, **changes})
+
+
+def test_tiny_bench_report(tmp_path: Path) -> None:
+    weights = tiny_weights(tmp_path, "compact")
+    lines: list[str] = []
+    report = run_bench(_settings(weights), progress=lines.append)
+    assert lines and all(isinstance(line, str) for line in lines)
+    assert report.model == weights.name and report.arch == "compact" and report.scale == 4
+    assert not report.random_weights
+    assert report.flops_per_pixel > 0
+    (conv,) = report.conv
+    assert conv.precision == "fp32" and len(conv.timing.samples) == 2 and conv.gflops.median > 0
+    (run,) = report.backends
+    assert (run.backend, run.precision, run.problem) == ("torch", "fp32", None)
+    assert run.pixels == 16 * 12 and run.megapixels.median > 0 and run.gflops.median > 0
+    assert run.conv_fraction > 0
+    video = report.video
+    assert video.problem is None and video.frames == 2 and (video.width, video.height) == (16, 12)
+    assert video.job_fps.median > 0 and video.model_fps.median > 0 and video.efficiency > 0
+    assert report.quality is None
+    assert any("--eval-data" in note for note in report.notes)
+
+
+def test_a_backend_that_refuses_a_precision_is_listed_with_the_reason(tmp_path: Path) -> None:
+    weights = tiny_weights(tmp_path, "compact")
+    report = run_bench(_settings(weights, precisions=(Precision.FP16,), video=False))
+    (conv,) = report.conv
+    assert conv.timing is None and "GPU" in conv.problem
+    (run,) = report.backends
+    assert run.timing is None and "fp16" in run.problem
+    assert run.megapixels is None and run.conv_fraction is None
+    assert report.video is None
+
+
+def test_a_model_id_without_bundled_weights_runs_with_random_weights(tmp_path, monkeypatch) -> None:
+    from upscaler.models import registry
+
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "no-weights")
+    report = run_bench(_settings(Path("compact"), model="compact", video=False, repeat=1, warmup=0))
+    assert report.model == "compact" and report.random_weights
+    assert report.flops_per_pixel == pytest.approx(1.2384e6)
+    assert any("random weights" in note for note in report.notes)
+
+
+# --- the command ---------------------------------------------------------------------------------------
+
+
+def run_cli(*args: object):
+    return CliRunner().invoke(cli, ["bench", *(str(a) for a in args)])
+
+
+def test_help_names_the_options() -> None:
+    result = run_cli("--help")
+    assert result.exit_code == 0
+    for flag in ("--model", "--backend", "--precision", "--size", "--repeat", "--json", "--eval-data"):
+        assert flag in result.output
+
+
+def test_bad_size_is_a_usage_error() -> None:
+    result = run_cli("--size", "320by180")
+    assert result.exit_code == 2
+    assert "WIDTHxHEIGHT" in result.output
+
+
+def test_command_table_and_json(tmp_path: Path) -> None:
+    weights = tiny_weights(tmp_path, "compact")
+    common = ("--model", weights, "--backend", "torch", "--precision", "fp32", "--device", "cpu")
+    common += ("--size", "16x12", "--repeat", "1", "--warmup", "0", "--frames", "2")
+    result = run_cli(*common, "--eval-data", tmp_path / "missing")
+    assert result.exit_code == 1
+    assert "--eval-data" in result.output
+
+    result = run_cli(*common)
+    assert result.exit_code == 0, result.output
+    output = result.stdout
+    assert output.startswith("machine: ")
+    assert "torch " in output and "ISA: " in output
+    assert "model: tiny-compact.safetensors (compact, x4)" in output
+    assert "3x3 conv 64->64" in output and "fp32, batch 1" in output
+    table = next(line for line in output.splitlines() if line.startswith("backend "))
+    assert table.split() == ["backend", "precision", "MP/s", "[min-max]", "GFLOP/s", "of", "conv", "s/frame"]
+    assert any(line.split()[:2] == ["torch", "fp32"] for line in output.splitlines())
+    assert "upscale video (end to end)" in output and "pipeline efficiency" in output
+
+    result = run_cli(*common, "--no-video", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)  # stdout holds the JSON document and nothing else
+    assert set(document) == {
+        *("machine", "model", "size", "repeat", "warmup"),
+        *("conv", "backends", "video", "quality", "notes"),
+    }
+    assert set(document["machine"]) == {
+        *("cpu", "logical_cpus", "threads", "torch_version", "device", "isa", "bf16"),
+    }
+    assert document["model"]["arch"] == "compact" and document["model"]["flops_per_pixel"] > 0
+    assert document["size"] == {"width": 16, "height": 12}
+    (backend,) = document["backends"]
+    assert backend["backend"] == "torch" and backend["problem"] is None
+    for key in ("seconds", "megapixels_per_s", "gflops"):
+        assert 0 < backend[key]["min"] <= backend[key]["median"] <= backend[key]["max"]
+    assert backend["conv_fraction"] > 0
+    assert document["conv"][0]["gflops"]["median"] > 0
+    assert document["video"] is None
+
+
+@pytest.mark.slow
+def test_command_measures_bf16_psnr_on_a_set(tmp_path: Path) -> None:
+    import numpy as np
+
+    from upscaler.images import Picture, write_image
+
+    weights = tiny_weights(tmp_path, "compact")
+    rng = np.random.default_rng(0)
+    data = tmp_path / "set"
+    data.mkdir()
+    for index in range(2):
+        write_image(data / f"{index}.png", Picture(rgb=rng.random((48, 40, 3), dtype=np.float32)))
+    result = run_cli(
+        *("--model", weights, "--backend", "torch", "--device", "cpu", "--size", "16x12"),
+        *("--repeat", "1", "--warmup", "0", "--no-video", "--eval-data", data, "--json"),
+    )
+    assert result.exit_code == 0, result.output
+    quality = json.loads(result.stdout)["quality"]
+    assert quality["images"] == 2 and quality["backend"] == "torch"
+    assert quality["fp32_psnr"] > 0 and quality["bf16_psnr"] > 0
+    assert quality["psnr_delta"] == pytest.approx(quality["bf16_psnr"] - quality["fp32_psnr"])

@@ -1,0 +1,189 @@
+"""`upscale bench`: how fast this machine can run a model, and how much of that `upscale` gets."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+
+from upscaler.cli.options import ModelRun, model_options, print_table
+
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+class FrameSize(click.ParamType):
+    """WxH in pixels, e.g. 320x180."""
+
+    name = "WxH"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        match = _SIZE.match(str(value))
+        if match is None or min(int(match.group(1)), int(match.group(2))) < 1:
+            self.fail(f"expected WIDTHxHEIGHT in pixels, e.g. 320x180 (got {value!r})", param, ctx)
+        return int(match.group(1)), int(match.group(2))
+
+
+@click.command()
+@model_options
+@click.option(
+    "--size",
+    type=FrameSize(),
+    default="320x180",
+    show_default=True,
+    help="Input frame size the model, the convolution and the video clip are measured at.",
+)
+@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True, help="Timed runs each.")
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed runs first."
+)
+@click.option(
+    "--frames", type=click.IntRange(min=1), default=8, show_default=True, help="Frames of the video clip."
+)
+@click.option("--no-video", is_flag=True, help="Leave out the end-to-end video measurement.")
+@click.option(
+    "--eval-data",
+    type=click.Path(path_type=Path),
+    help="A benchmark set (as for `upscale eval --data`) to measure bf16's PSNR cost against fp32 on.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of tables.")
+def bench(run: ModelRun, size, repeat, warmup, frames, no_video, eval_data, as_json) -> None:
+    """Measure this machine and the model on it.
+
+    A plain 64->64 3x3 convolution (the practical limit here); the model on every available backend and
+    precision (input megapixels/s, GFLOP/s from its counted FLOPs, and the fraction of the convolution's
+    rate); `upscale video` end to end on a generated clip beside the model alone on the same frames; and,
+    with a benchmark set, the PSNR of bf16 against fp32. --backend and --precision narrow the backends
+    and precisions measured (by default all that run here); the video and PSNR measurements use them
+    as `upscale video` would (auto, fp32 unless given). Medians of --repeat runs, with min-max.
+    """
+    from upscaler.bench import SHARED_SET5, BenchSettings, run_bench
+
+    ctx = click.get_current_context()
+    given = {name for name in ("backend", "precision") if ctx.get_parameter_source(name).name != "DEFAULT"}
+    options = run.backend_options
+    if eval_data is None and SHARED_SET5.is_dir():
+        eval_data = SHARED_SET5
+    settings = BenchSettings(
+        model=run.model,
+        backends=(run.backend,) if "backend" in given and run.backend != "auto" else None,
+        precisions=(options.precision,) if "precision" in given else None,
+        device=options.device,
+        threads=options.threads,
+        tile_options=run.tile_options,
+        width=size[0],
+        height=size[1],
+        repeat=repeat,
+        warmup=warmup,
+        video=not no_video,
+        frames=frames,
+        video_backend=run.backend,
+        video_precision=options.precision,
+        eval_data=eval_data,
+    )
+    report = run_bench(settings, progress=lambda line: click.echo(f"bench: {line} ...", err=True))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+        return
+    print_report(report)
+
+
+def print_report(report) -> None:
+    machine = report.machine
+    isa = " ".join(machine.isa) or "none found"
+    click.echo(
+        f"machine: {machine.cpu}, {machine.logical_cpus} logical CPUs, {machine.threads} threads used; "
+        f"torch {machine.torch_version}; device {machine.device}; ISA: {isa}; "
+        f"bf16 in hardware: {'yes' if machine.bf16 else 'no'}"
+    )
+    weights = ", random weights" if report.random_weights else ""
+    click.echo(
+        f"model: {report.model} ({report.arch}, x{report.scale}{weights}), "
+        f"{report.flops_per_pixel / 1e6:.2f} MFLOP per input pixel; size {report.width}x{report.height}; "
+        f"medians of {report.repeat} run(s) after {report.warmup} warm-up, [min-max]"
+    )
+    skipped: list[str] = []
+
+    click.echo("")
+    rows = [("3x3 conv 64->64", "GFLOP/s", "[min-max]")]
+    for run in report.conv:
+        if run.gflops is None:
+            skipped.append(f"conv {run.precision}: {run.problem}")
+            continue
+        rows.append((f"{run.precision}, batch {run.batch}", f"{run.gflops.median:.1f}", _spread(run.gflops)))
+    if len(rows) > 1:
+        print_table(rows)
+
+    click.echo("")
+    rows = [("backend", "precision", "MP/s", "[min-max]", "GFLOP/s", "of conv", "s/frame")]
+    for run in report.backends:
+        if run.timing is None:
+            skipped.append(f"{run.backend} {run.precision}: {run.problem}")
+            continue
+        fraction = run.conv_fraction
+        rows.append(
+            (
+                run.backend,
+                run.precision,
+                f"{run.megapixels.median:.3f}",
+                _spread(run.megapixels, 3),
+                f"{run.gflops.median:.1f}",
+                "-" if fraction is None else f"{fraction:.0%}",
+                f"{run.timing.median:.3f}",
+            )
+        )
+    if len(rows) > 1:
+        print_table(rows)
+
+    video = report.video
+    if video is not None:
+        click.echo("")
+        if video.job is None or video.model_only is None:
+            skipped.append(f"video ({video.backend} {video.precision}): {video.problem}")
+        else:
+            click.echo(
+                f"video: {video.frames} frames {video.width}x{video.height} -> x{report.scale}, "
+                f"{video.backend} {video.precision}, {video.encoding}"
+            )
+            print_table(
+                [
+                    ("", "fps", "[min-max]"),
+                    ("upscale video (end to end)", f"{video.job_fps.median:.3f}", _spread(video.job_fps, 3)),
+                    (
+                        "model alone, same frames",
+                        f"{video.model_fps.median:.3f}",
+                        _spread(video.model_fps, 3),
+                    ),
+                ]
+            )
+            click.echo(f"pipeline efficiency (end to end / model alone): {video.efficiency:.0%}")
+
+    quality = report.quality
+    if quality is not None:
+        click.echo("")
+        if quality.psnr_delta is None:
+            skipped.append(f"bf16 PSNR ({quality.backend}): {quality.problem}")
+        else:
+            click.echo(f"bf16 against fp32 on {quality.data} ({quality.images} images, {quality.backend}):")
+            print_table(
+                [
+                    ("precision", "PSNR (Y)", "SSIM (Y)"),
+                    ("fp32", f"{quality.fp32_psnr:.3f}", f"{quality.fp32_ssim:.4f}"),
+                    ("bf16", f"{quality.bf16_psnr:.3f}", f"{quality.bf16_ssim:.4f}"),
+                    ("bf16 - fp32", f"{quality.psnr_delta:+.3f} dB", f"{quality.ssim_delta:+.4f}"),
+                ]
+            )
+
+    if skipped or report.notes:
+        click.echo("")
+    for line in skipped:
+        click.echo(f"skipped: {line}")
+    for line in report.notes:
+        click.echo(f"note: {line}")
+
+
+def _spread(rate, digits: int = 1) -> str:
+    return f"[{rate.low:.{digits}f}-{rate.high:.{digits}f}]"

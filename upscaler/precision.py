@@ -1,0 +1,116 @@
+"""`--precision auto`: the fastest precision the hardware runs well, chosen before a backend opens.
+
+Measured on these machines (../shared/notes-cpu-performance.md): bf16 convolutions run about 2x fp32 on
+CPUs with AVX512_BF16 (AMX is faster still); without those instructions oneDNN emulates bf16 and it is
+slower than fp32. On CUDA GPUs with tensor cores (compute capability 7.0 and later) fp16 is the fast
+path. Anywhere else auto means fp32. A backend says what it can run fast through an optional
+`auto_precision(options) -> PrecisionChoice` method; a backend without it runs fp32 under auto.
+
+The library chooses and returns the reason; the CLI says it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from upscaler.values import Precision
+
+if TYPE_CHECKING:
+    from upscaler.backend import Backend
+    from upscaler.options import BackendOptions
+
+CPUINFO = Path("/proc/cpuinfo")
+# Volta (7.0) brought tensor cores; Pascal's fp16 has no such speed-up.
+TENSOR_CORE_CAPABILITY = (7, 0)
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What auto chose and why, in words a user can check (`auto: this CPU has AVX512_BF16`)."""
+
+    precision: Precision
+    reason: str
+
+
+def cpu_bf16_feature() -> str | None:
+    """The bf16 feature of this CPU ("AMX" or "AVX512_BF16"), or None where it has neither.
+
+    torch's own check first (it knows whether the OS enabled AMX, and works off Linux), then the flags
+    in /proc/cpuinfo.
+    """
+    try:
+        import torch.cpu as torch_cpu
+
+        if getattr(torch_cpu, "_is_amx_tile_supported", lambda: False)():
+            return "AMX"
+        check = getattr(torch_cpu, "_is_avx512_bf16_supported", None)
+        if check is not None:
+            return "AVX512_BF16" if check() else None
+    except Exception:  # an old or broken torch: fall back to the flags
+        pass
+    return cpuinfo_bf16_feature()
+
+
+def cpuinfo_bf16_feature(path: Path = CPUINFO) -> str | None:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            if "amx_bf16" in flags:
+                return "AMX"
+            if "avx512_bf16" in flags:
+                return "AVX512_BF16"
+            return None
+    return None
+
+
+def cuda_capability(index: int) -> tuple[str, tuple[int, int]]:
+    """The name and compute capability of CUDA device `index`."""
+    import torch
+
+    return torch.cuda.get_device_name(index), tuple(torch.cuda.get_device_capability(index))
+
+
+def choose_auto_precision(
+    device_type: str, fast: Mapping[str, Precision], cuda_index: int = 0
+) -> PrecisionChoice:
+    """Auto's choice for a backend running on `device_type` ("cpu", "cuda", "mps", ...).
+
+    `fast` maps the device types where the backend has a faster precision to it (bf16 on "cpu", fp16
+    on "cuda"); it is taken only when the hardware runs it natively.
+    """
+    wanted = fast.get(device_type)
+    if wanted is None:
+        return PrecisionChoice(Precision.FP32, f"auto: fp32 is what this backend runs on {device_type}")
+    if device_type == "cpu":
+        feature = cpu_bf16_feature()
+        if feature is None:
+            return PrecisionChoice(Precision.FP32, "auto: this CPU has no AVX512_BF16 or AMX")
+        return PrecisionChoice(wanted, f"auto: this CPU has {feature}")
+    if device_type == "cuda":
+        name, capability = cuda_capability(cuda_index)
+        where = f"{name} (compute {capability[0]}.{capability[1]})"
+        if capability < TENSOR_CORE_CAPABILITY:
+            return PrecisionChoice(Precision.FP32, f"auto: {where} has no tensor cores")
+        return PrecisionChoice(wanted, f"auto: {where} has tensor cores")
+    return PrecisionChoice(Precision.FP32, f"auto: fp32 on {device_type}")
+
+
+def resolve_precision(backend: Backend, options: BackendOptions) -> tuple[BackendOptions, str | None]:
+    """`options` with `--precision auto` replaced by the backend's choice, and the reason (None when
+    the precision was given)."""
+    if options.precision is not Precision.AUTO:
+        return options, None
+    choose = getattr(backend, "auto_precision", None)
+    if choose is None:
+        choice = PrecisionChoice(Precision.FP32, f"auto: the {backend.name} backend offers no faster one")
+    else:
+        choice = choose(options)
+    return dataclasses.replace(options, precision=choice.precision), choice.reason

@@ -54,7 +54,7 @@ from train.logs import CsvLog, TensorBoardLog, curves_image, sample_grid, write_
 from upscaler.errors import InputError, ModelError, OutputError
 from upscaler.files import write_bytes_atomically
 from upscaler.metrics import psnr, ssim, to_uint8
-from upscaler.models import build_model, get_architecture, read_weights, save_weights
+from upscaler.models import build_model, find_model, get_architecture, read_weights, save_weights
 from upscaler.values import SizeRequirement
 
 # How many validation images samples.png shows.
@@ -159,14 +159,15 @@ def train(
             )
         report(f"Resuming {run_dir} from iteration {checkpoint['iteration']} ({found.name}).")
     elif cfg.pretrained:
-        path = Path(cfg.pretrained).expanduser()
+        path = _pretrained_path(cfg.pretrained)
         if not path.is_file():
             raise InputError(
                 f"train.pretrained: no such weights file: {path}",
-                hint=f"train the recipe this one starts from first, or pass --pretrained FILE "
-                f"(--pretrained '' starts {recipe.name} from random weights)",
+                hint=f"train the recipe this one starts from first, or pass --pretrained FILE or a bundled "
+                f"model id (--pretrained '' starts {recipe.name} from random weights)",
             )
-        pretrained, _ = read_weights(path)
+        pretrained, metadata = read_weights(path)
+        _check_pretrained_config(recipe, metadata, cfg.pretrained)
         with torch.device("meta"):  # does it fit? known before the data is read, at no cost
             _load_pretrained(
                 build_model(recipe.model.arch, recipe.model.config), dict(pretrained), path, False
@@ -249,8 +250,17 @@ def train(
     net_g = build_model(recipe.model.arch, recipe.model.config)
     if pretrained is not None:
         _load_pretrained(net_g, pretrained, cfg.pretrained)
-    net_g.to(device).train()
-    net_d = _build_discriminator(recipe).to(device).train() if losses_cfg.uses_gan else None
+    # channels_last convolutions measured 5-20% faster per training step on these CPUs (bf16 and fp32);
+    # on CUDA they are what the tensor cores want under autocast
+    layout = (
+        torch.channels_last
+        if device.type == "cpu" or cfg.precision in ("bf16", "fp16")
+        else torch.contiguous_format
+    )
+    net_g.to(device, memory_format=layout).train()
+    net_d = (
+        _build_discriminator(recipe).to(device, memory_format=layout).train() if losses_cfg.uses_gan else None
+    )
     ema = EMA(net_g, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
     optim_g = _adam(net_g, recipe.optim_g)
@@ -412,7 +422,8 @@ def train(
                     interrupted = True
                     break
                 raise
-            lq, gt = lq.to(device, non_blocking=True), gt.to(device, non_blocking=True)
+            lq = lq.to(device, non_blocking=True).contiguous(memory_format=layout)
+            gt = gt.to(device, non_blocking=True).contiguous(memory_format=layout)
             iteration += 1
             values: dict[str, torch.Tensor] = {}
 
@@ -539,6 +550,28 @@ def train(
 
 
 # --------------------------------------------------------------------------------------------- helpers
+
+
+def _pretrained_path(spec: str) -> Path:
+    """A bundled model id (`rrdb-psnr`) means its shipped weights; anything else is a file."""
+    entry = find_model(spec)
+    return entry.weights if entry is not None and entry.weights_present else Path(spec).expanduser()
+
+
+def _check_pretrained_config(recipe: Recipe, metadata: dict[str, str], source: str) -> None:
+    """Weights of our own format say their config: name the --set flags that make the recipe fit them."""
+    if metadata.get("arch") != recipe.model.arch or "config" not in metadata:
+        return
+    theirs = json.loads(metadata["config"])
+    differing = {key: value for key, value in theirs.items() if recipe.model.config.get(key) != value}
+    if differing:
+        shown = ", ".join(f"{key} {value}" for key, value in differing.items())
+        flags = " ".join(f"--set model.config.{key}={json.dumps(value)}" for key, value in differing.items())
+        raise ConfigError(
+            f"train.pretrained: {source} is a {recipe.model.arch} with {shown}; the recipe's generator "
+            "differs, and a GAN stage keeps the shape of the generator it starts from",
+            hint=f"add {flags}",
+        )
 
 
 def _load_pretrained(net: nn.Module, state: dict[str, torch.Tensor], source: str, load: bool = True) -> None:

@@ -142,6 +142,31 @@ def test_srgan_starts_from_an_srresnet_result(images: Path, tmp_path: Path) -> N
         train(missing, tmp_path / "missing", vgg=random_vgg(missing))
 
 
+def test_a_gan_stage_starts_from_a_bundled_model_id(images: Path, tmp_path: Path, monkeypatch) -> None:
+    from upscaler.models import registry
+
+    psnr = train(tiny_recipe("compact-psnr", images), tmp_path / "psnr")
+    bundled = tmp_path / "weights"
+    bundled.mkdir()
+    (bundled / "compact.safetensors").write_bytes(psnr.weights.read_bytes())
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", bundled)
+    recipe = tiny_recipe("compact-gan", images, train={"pretrained": "compact"})
+    assert train(recipe, tmp_path / "gan", vgg=random_vgg(recipe)).weights is not None
+
+
+def test_pretrained_weights_of_another_width_name_the_flags_that_fit(images: Path, tmp_path: Path) -> None:
+    psnr = train(tiny_recipe("rrdb-psnr", images), tmp_path / "psnr")
+    recipe = tiny_recipe(
+        "esrgan", images, model={"config": {"num_feat": 16}}, train={"pretrained": str(psnr.weights)}
+    )
+    with pytest.raises(
+        ConfigError, match="is a rrdbnet with num_feat 8; the recipe's generator differs"
+    ) as caught:
+        train(recipe, tmp_path / "gan", vgg=random_vgg(recipe))
+    assert caught.value.hint == "add --set model.config.num_feat=8"
+    assert not (tmp_path / "gan").exists()
+
+
 def test_a_recipe_that_needs_vgg_stops_before_reading_data(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     recipe = tiny_recipe("esrgan", tmp_path / "no-such-folder")

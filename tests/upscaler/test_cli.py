@@ -45,12 +45,22 @@ def test_images_help_names_the_options() -> None:
         assert flag in output
 
 
-def test_models_lists_the_registered_ids() -> None:
+def test_models_lists_the_ids_with_their_measured_quality() -> None:
+    from upscaler.models import find_model
+
     result = run("models")
     assert result.exit_code == 0
-    for model_id in ("esrgan", "srgan", "compact"):
-        assert model_id in result.output
-    assert "not bundled yet" in result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
+    for model_id in ("rrdb-psnr", "srresnet", "compact"):
+        card = find_model(model_id).card
+        assert f"bundled ({card['weights_dtype']})" in lines[model_id]
+        set5, set14 = card["evaluation"]["Set5"], card["evaluation"]["Set14"]
+        assert f"Set5 {set5['psnr_y']:.2f} dB, Set14 {set14['psnr_y']:.2f} dB" in lines[model_id]
+    for model_id, instead in (("esrgan", "rrdb-psnr"), ("srgan", "srresnet")):
+        assert f"not bundled (GAN stage, needs VGG19): use {instead}" in lines[model_id]
+    # the quality table: bicubic as measured, each bundled model, the paper's rows as printed
+    assert "bicubic                 28.43 / 0.8113  26.09 / 0.7049" in result.output
+    assert "SRResNet (SRGAN paper)  32.05 / 0.9019  28.49 / 0.8184" in result.output
 
 
 def test_backends_lists_torch_as_available() -> None:
@@ -120,7 +130,10 @@ def test_outscale_and_format(tmp_path: Path, compact_weights: Path) -> None:
             ["--model", "no-such-model"],
             "Error: model 'no-such-model' is neither a known model id nor an existing file; known ids: ",
         ),
-        (["--model", "esrgan"], "Error: no bundled weights yet for model 'esrgan'"),
+        (
+            ["--model", "esrgan"],
+            "Error: model 'esrgan' has no bundled weights: its GAN stage is trained with a VGG19",
+        ),
         (["--backend", "nope"], "Error: unknown backend 'nope'; known: "),
         (["--precision", "fp16", "--device", "cpu"], "Error: --precision: fp16 is not supported on the CPU"),
     ],

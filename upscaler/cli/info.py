@@ -6,27 +6,72 @@ import click
 
 from upscaler.cli.options import print_table
 
+# As printed in the SRGAN paper (Ledig et al. 2017, table 2; see ../shared/data/MANIFEST.md). Its
+# PSNR is ours (Y, 4-pixel border) but its SSIM is computed another way: its bicubic SSIM is 0.8211
+# on Set5 where BasicSR's definition, used here, gives 0.8113.
+PUBLISHED = (
+    ("SRResNet (SRGAN paper)", {"Set5": (32.05, 0.9019), "Set14": (28.49, 0.8184)}),
+    ("SRGAN (SRGAN paper)", {"Set5": (29.40, 0.8472), "Set14": (26.02, 0.7397)}),
+)
+SETS = ("Set5", "Set14")
+
 
 @click.command()
 def models() -> None:
-    """List the registered models, their scale, size, weights and measured quality."""
+    """List the model ids, their size, whether their weights are bundled, and their measured quality."""
     from upscaler.models import list_models
 
-    rows = [("id", "arch", "scale", "params", "weights", "quality", "description")]
-    for entry in list_models():
+    entries = list_models()
+    rows = [("id", "arch", "scale", "params", "weights", "PSNR (Y)", "description")]
+    for entry in entries:
+        card = entry.card if entry.weights_present else None
+        if card is not None:
+            weights = f"bundled ({card.get('weights_dtype', 'fp32')})"
+        elif entry.weights_present:
+            weights = "bundled"
+        elif entry.unbundled:
+            weights = f"not bundled (GAN stage, needs VGG19): use {entry.instead}"
+        else:
+            weights = "missing: reinstall"
         rows.append(
             (
                 entry.id,
                 entry.arch,
                 f"x{entry.scale}",
                 _millions(entry.parameters),
-                "bundled" if entry.weights_present else "not bundled yet",
+                weights,
                 entry.quality or "-",
                 entry.description,
             )
         )
     print_table(rows)
+
+    measured = [(entry.id, entry.card) for entry in entries if entry.weights_present and entry.card]
+    measured = [(name, card["evaluation"]) for name, card in measured if card.get("evaluation")]
+    if measured:
+        click.echo(
+            "\nupscale eval, x4: PSNR (dB) / SSIM on Y of BT.601, 4-pixel border, SR rounded to 8 bits"
+        )
+        rows = [("model", *(f"{name} PSNR / SSIM" for name in SETS))]
+        first = measured[0][1]
+        rows.append(("bicubic", *(_pair(first, name, "bicubic_") for name in SETS)))
+        rows.extend((name, *(_pair(figures, s, "") for s in SETS)) for name, figures in measured)
+        rows.extend(
+            (paper, *(f"{published[s][0]:.2f} / {published[s][1]:.4f}" for s in SETS))
+            for paper, published in PUBLISHED
+        )
+        print_table(rows)
+        click.echo(
+            "The papers' rows are as printed: their SSIM is computed differently (their bicubic is 0.8211)."
+        )
     click.echo("\nAny weights file of these architectures also works: --model path/to/weights.safetensors")
+
+
+def _pair(evaluation: dict, name: str, prefix: str) -> str:
+    figures = evaluation.get(name)
+    if figures is None:
+        return "-"
+    return f"{figures[prefix + 'psnr_y']:.2f} / {figures[prefix + 'ssim_y']:.4f}"
 
 
 @click.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -41,11 +42,14 @@ class TileSize(click.ParamType):
         return size
 
 
+# The bundled model with the best Set14 PSNR (see `upscale models`); the GAN ids have no bundled weights.
+DEFAULT_MODEL = "rrdb-psnr"
+
 # --model as every command that loads a model spells it.
 model_option = click.option(
     "--model",
     "-m",
-    default="esrgan",
+    default=DEFAULT_MODEL,
     show_default=True,
     help="A model id (see `upscale models`) or a weights file (.safetensors, .pth, .pt).",
 )
@@ -68,9 +72,13 @@ def model_options(func):
         memory_budget,
         **kwargs,
     ):
+        from upscaler.allocator import keep_freed_memory
         from upscaler.options import BackendOptions, TileOptions
         from upscaler.values import Precision
 
+        # Before the model allocates anything: eager inference otherwise page-faults its activations
+        # back in on every batch (upscaler/allocator.py). UPSCALER_MALLOC=system opts out.
+        keep_freed_memory()
         run = ModelRun(
             model=model,
             backend=backend,
@@ -97,12 +105,19 @@ def model_options(func):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
         click.option(
             "--precision",
-            type=click.Choice(["fp32", "fp16", "bf16"]),
+            type=click.Choice(["fp32", "fp16", "bf16", "auto"]),
             default="fp32",
             show_default=True,
-            help="Arithmetic precision (fp16 needs a GPU; bf16 is fast on CPUs with AVX512_BF16 or AMX).",
+            help="Arithmetic precision (fp16 needs a GPU; bf16 is fast on CPUs with AVX512_BF16 or AMX); "
+            "auto picks bf16 or fp16 where the hardware runs it natively, else fp32, and says so.",
         ),
-        click.option("--threads", type=click.IntRange(min=1), help="CPU threads for inference."),
+        # Thread layout: the model gets every core (the backend's default: torch and ONNX Runtime use
+        # one intra-op thread per physical core), because inference is nearly all of the CPU work with
+        # a CPU backend. Decoding the small input and encoding the output are a few percent of it; their
+        # FFmpeg threads mostly wait on the bounded queues, so they borrow cores only while they work.
+        click.option(
+            "--threads", type=click.IntRange(min=1), help="CPU threads for inference (default: all cores)."
+        ),
         click.option(
             "--tile-size",
             type=TileSize(),
@@ -129,6 +144,22 @@ def model_options(func):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def resolve_model_run(run: ModelRun) -> ModelRun:
+    """`run` with `--backend auto` and `--precision auto` decided; says on stderr what auto chose.
+
+    Call it before opening the model, so that what is opened (and what a video journal records) is
+    the concrete precision.
+    """
+    from upscaler.backend import get_backend
+    from upscaler.precision import resolve_precision
+
+    backend = get_backend(run.backend, run.backend_options)
+    options, reason = resolve_precision(backend, run.backend_options)
+    if reason is not None:
+        click.echo(f"Precision: {options.precision.value} ({reason})", err=True)
+    return dataclasses.replace(run, backend=backend.name, backend_options=options)
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:

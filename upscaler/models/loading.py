@@ -82,9 +82,16 @@ def load_model(spec: str | Path) -> LoadedModel:
     if entry is not None:
         path = entry.weights
         if not path.is_file():
+            if entry.unbundled:
+                raise ModelError(
+                    f"model {entry.id!r} has no bundled weights: {entry.unbundled}",
+                    hint=f"--model {entry.instead} is the bundled generator it starts from; with the VGG19 "
+                    f"file, train it: upscale train --recipe {entry.id} --pretrained {entry.instead} "
+                    "--vgg-weights vgg19-dcbb9e9d.pth (see the README)",
+                )
             raise ModelError(
-                f"no bundled weights yet for model {entry.id!r}",
-                hint="pass a weights file: --model path/to/weights.safetensors (or .pth)",
+                f"the bundled weights of model {entry.id!r} are missing ({path})",
+                hint="reinstall upscaler, or pass a weights file: --model path/to/weights.safetensors",
             )
         name = entry.id
     else:

@@ -7,6 +7,7 @@ builds the network from a config, and says what its input must look like and how
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -399,17 +400,19 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A model id `upscale` ships; its weights are `upscaler/weights/<id>.safetensors`.
+    """A model id of `upscale`; its weights are `upscaler/weights/<id>.safetensors` beside a card `<id>.json`.
 
-    config is the architecture's default; the weights file's own config wins when loading.
+    config is what the bundled weights were trained with (for an id without bundled weights, the
+    paper's); the weights file's own config wins when loading. `unbundled` says why an id has no
+    bundled weights, and `instead` what to use meanwhile; both are None for a bundled id.
     """
 
     id: str
     arch: str
     description: str
     config: dict[str, Any] = field(hash=False)
-    # a measured quality note for `upscale models` (e.g. PSNR on a benchmark); None until measured
-    quality: str | None = None
+    unbundled: str | None = None
+    instead: str | None = None
 
     @property
     def scale(self) -> int:
@@ -424,18 +427,53 @@ class ModelEntry:
         return self.weights.is_file()
 
     @property
+    def card(self) -> dict[str, Any] | None:
+        """The model card written when the weights were shipped (train/ship.py), or None."""
+        path = self.weights.with_suffix(".json")
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    @property
+    def quality(self) -> str | None:
+        """`Set5 30.12 dB, Set14 27.15 dB`: the card's `upscale eval` figures, or None."""
+        card = self.card
+        if not card or not card.get("evaluation"):
+            return None
+        return ", ".join(f"{name} {figures['psnr_y']:.2f} dB" for name, figures in card["evaluation"].items())
+
+    @property
     def parameters(self) -> int:
-        """Parameters of the default config, counted without allocating them."""
+        """Parameters of the config, counted without allocating them."""
         with torch.device("meta"):
             module = ARCHITECTURES[self.arch].build(self.config)
         return sum(parameter.numel() for parameter in module.parameters())
 
 
+# The GAN stages need ImageNet VGG19 weights for their perceptual loss; none could be used here, so
+# their ids name no bundled file and point at the PSNR-oriented generator they start from.
+_NEEDS_VGG = (
+    "its GAN stage is trained with a VGG19 perceptual loss, and no ImageNet VGG19 weights could be used here"
+)
+
 MODELS: tuple[ModelEntry, ...] = (
     ModelEntry(
-        id="srgan",
+        id="rrdb-psnr",
+        arch="rrdbnet",
+        description="RRDBNet on L1, x4, 6 blocks of 32 features: ESRGAN's PSNR-oriented generator, smaller",
+        config={
+            "num_in_ch": 3,
+            "num_out_ch": 3,
+            "scale": 4,
+            "num_feat": 32,
+            "num_block": 6,
+            "num_grow_ch": 16,
+        },
+    ),
+    ModelEntry(
+        id="srresnet",
         arch="srresnet",
-        description="SRGAN: SRResNet generator, x4, 16 residual blocks",
+        description="SRResNet on L1, x4, 16 residual blocks: SRGAN's PSNR-oriented generator",
         config={
             "num_in_ch": 3,
             "num_out_ch": 3,
@@ -446,22 +484,9 @@ MODELS: tuple[ModelEntry, ...] = (
         },
     ),
     ModelEntry(
-        id="esrgan",
-        arch="rrdbnet",
-        description="ESRGAN: RRDBNet generator, x4, residual-in-residual dense blocks",
-        config={
-            "num_in_ch": 3,
-            "num_out_ch": 3,
-            "scale": 4,
-            "num_feat": 64,
-            "num_block": 23,
-            "num_grow_ch": 32,
-        },
-    ),
-    ModelEntry(
         id="compact",
         arch="compact",
-        description="Real-ESRGAN's compact VGG-style generator, x4, fast",
+        description="Real-ESRGAN's compact VGG-style generator on L1, x4, 16 convs: fast, for video",
         config={
             "num_in_ch": 3,
             "num_out_ch": 3,
@@ -470,6 +495,36 @@ MODELS: tuple[ModelEntry, ...] = (
             "upscale": 4,
             "act_type": "prelu",
         },
+    ),
+    ModelEntry(
+        id="esrgan",
+        arch="rrdbnet",
+        description="ESRGAN: RRDBNet generator after its GAN stage, x4, 23 blocks",
+        config={
+            "num_in_ch": 3,
+            "num_out_ch": 3,
+            "scale": 4,
+            "num_feat": 64,
+            "num_block": 23,
+            "num_grow_ch": 32,
+        },
+        unbundled=_NEEDS_VGG,
+        instead="rrdb-psnr",
+    ),
+    ModelEntry(
+        id="srgan",
+        arch="srresnet",
+        description="SRGAN: SRResNet generator after its GAN stage, x4, 16 blocks",
+        config={
+            "num_in_ch": 3,
+            "num_out_ch": 3,
+            "num_feat": 64,
+            "num_block": 16,
+            "scale": 4,
+            "batch_norm": True,
+        },
+        unbundled=_NEEDS_VGG,
+        instead="srresnet",
     ),
 )
 

@@ -148,7 +148,7 @@ def test_unknown_id_lists_the_known_ones(tmp_path, monkeypatch):
         load_model("esrgan-plus")
     message = error.value.message
     assert "'esrgan-plus' is neither a known model id nor an existing file" in message
-    assert "known ids: srgan, esrgan, compact" in message
+    assert "known ids: rrdb-psnr, srresnet, compact, esrgan, srgan" in message
     assert error.value.hint
 
 
@@ -159,7 +159,9 @@ def test_missing_file_path_is_named(tmp_path):
 
 
 def test_a_word_that_is_no_id_nor_file_lists_the_ids():
-    with pytest.raises(ModelError, match="neither a known model id nor an existing file; known ids: srgan"):
+    with pytest.raises(
+        ModelError, match="neither a known model id nor an existing file; known ids: rrdb-psnr"
+    ):
         load_model("realesrgan")
 
 
@@ -168,12 +170,36 @@ def test_a_folder_is_not_a_weights_file(tmp_path):
         load_model(tmp_path)
 
 
-@pytest.mark.parametrize("model_id", ["srgan", "esrgan", "compact"])
-def test_bundled_id_without_weights(model_id, no_bundled_weights):
+@pytest.mark.parametrize("model_id", ["rrdb-psnr", "srresnet", "compact"])
+def test_a_bundled_id_whose_file_is_gone(model_id, no_bundled_weights):
     with pytest.raises(ModelError) as error:
         load_model(model_id)
-    assert error.value.message == f"no bundled weights yet for model '{model_id}'"
-    assert error.value.hint == "pass a weights file: --model path/to/weights.safetensors (or .pth)"
+    expected = f"the bundled weights of model '{model_id}' are missing ({no_bundled_weights / model_id}"
+    assert error.value.message == expected + ".safetensors)"
+    assert error.value.hint.startswith("reinstall upscaler, or pass a weights file")
+
+
+@pytest.mark.parametrize(("model_id", "instead"), [("esrgan", "rrdb-psnr"), ("srgan", "srresnet")])
+def test_a_gan_id_says_why_it_has_no_weights_and_what_to_use(model_id, instead):
+    with pytest.raises(ModelError) as error:
+        load_model(model_id)
+    assert error.value.message.startswith(f"model '{model_id}' has no bundled weights: its GAN stage")
+    assert error.value.hint.startswith(f"--model {instead} is the bundled generator it starts from")
+    assert f"upscale train --recipe {model_id} --pretrained {instead} --vgg-weights" in error.value.hint
+
+
+def test_every_bundled_id_ships_weights_that_load_with_its_config():
+    for entry in list_models():
+        if entry.unbundled:
+            assert not entry.weights_present
+            continue
+        loaded = load_model(entry.id)
+        card = entry.card
+        assert loaded.info.arch == entry.arch == card["arch"]
+        assert card["config"] == entry.config
+        assert loaded.info.scale == entry.scale == 4
+        assert card["weights_sha256"] == hashlib.sha256(entry.weights.read_bytes()).hexdigest()
+        assert json.dumps(card["evaluation"])  # figures recorded
 
 
 def test_bundled_id_with_weights(no_bundled_weights, randomize):
@@ -187,14 +213,14 @@ def test_bundled_id_with_weights(no_bundled_weights, randomize):
 
 
 def test_bundled_weights_of_the_wrong_architecture(no_bundled_weights, compact):
-    save_weights(compact, no_bundled_weights / "esrgan.safetensors", "compact", COMPACT)
-    with pytest.raises(ModelError, match="'esrgan' are a 'compact' network, expected 'rrdbnet'"):
-        load_model("esrgan")
+    save_weights(compact, no_bundled_weights / "rrdb-psnr.safetensors", "compact", COMPACT)
+    with pytest.raises(ModelError, match="'rrdb-psnr' are a 'compact' network, expected 'rrdbnet'"):
+        load_model("rrdb-psnr")
 
 
 def test_list_models(no_bundled_weights):
     entries = {entry.id: entry for entry in list_models()}
-    assert list(entries) == ["srgan", "esrgan", "compact"]
+    assert list(entries) == ["rrdb-psnr", "srresnet", "compact", "esrgan", "srgan"]
     assert {entry.arch for entry in entries.values()} == {"srresnet", "rrdbnet", "compact"}
     assert all(
         entry.scale == 4 and not entry.weights_present and entry.description for entry in entries.values()

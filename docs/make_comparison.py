@@ -1,0 +1,89 @@
+"""Make docs/comparison.png: crops of two Set14 images, bicubic | each bundled model | HR.
+
+    python docs/make_comparison.py ../shared/data/eval/Set14
+
+Each model upscales the set's own LR file (torch, fp32, on the CPU); bicubic is MATLAB's, as
+`upscale eval` uses. A crop is shown at twice its size with nearest-neighbour pixels, so what is seen
+is the model's output, not a viewer's smoothing; the figure under each crop is the PSNR of the whole
+image (Y, 4-pixel border), as `upscale eval` measures it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from upscaler.metrics import psnr, to_uint8
+from upscaler.options import BackendOptions, TileOptions
+from upscaler.resampling import bicubic_resize
+from upscaler.upscaling import open_upscaler
+
+# (image, left, top, side) of each HR crop: a face with fine line work, and a zebra's stripes
+CROPS = (("img_005", 40, 30, 128), ("img_014", 250, 110, 128))
+MODELS = ("rrdb-psnr", "srresnet", "compact")
+ZOOM = 2
+LABEL_HEIGHT = 44
+
+
+def _read(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise SystemExit(f"cannot read {path}")
+    return bgr[:, :, ::-1].astype(np.float32) / 255.0
+
+
+def _panel(image: np.ndarray, crop: tuple[int, int, int], title: str, figure: str) -> np.ndarray:
+    left, top, side = crop
+    piece = to_uint8(image[top : top + side, left : left + side])[:, :, ::-1]
+    piece = cv2.resize(piece, None, fx=ZOOM, fy=ZOOM, interpolation=cv2.INTER_NEAREST)
+    label = np.full((LABEL_HEIGHT, piece.shape[1], 3), 255, np.uint8)
+    for row, text in ((18, title), (38, figure)):
+        cv2.putText(label, text, (6, row), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.vstack([piece, label])
+
+
+def make_comparison(data: Path, destination: Path, models: tuple[str, ...] = MODELS) -> None:
+    names = [name for name, *_ in CROPS]
+    hr = {name: _read(data / "HR" / f"{name}_SRF_4_HR.png") for name in names}
+    lr = {name: _read(data / "LR_x4" / f"{name}_SRF_4_LR.png") for name in names}
+    results: dict[str, dict[str, np.ndarray]] = {"bicubic": {}}
+    for name in names:
+        height, width = lr[name].shape[:2]
+        results["bicubic"][name] = bicubic_resize(lr[name], width * 4, height * 4)
+    options = BackendOptions(device="cpu")
+    for model in models:
+        with open_upscaler(model, "torch", options, TileOptions()) as upscaler:
+            title = Path(model).stem if Path(model).suffix else model
+            results[title] = {name: upscaler.upscale(lr[name]) for name in names}
+
+    rows = []
+    for name, left, top, side in CROPS:
+        panels = []
+        for method, outputs in results.items():
+            score = psnr(to_uint8(outputs[name]), to_uint8(hr[name]), border=4)
+            panels.append(_panel(outputs[name], (left, top, side), method, f"{score:.2f} dB"))
+        panels.append(_panel(hr[name], (left, top, side), f"HR ({name})", "PSNR on Y"))
+        gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
+        rows.append(np.hstack([part for panel in panels for part in (panel, gap)][:-1]))
+    spacer = np.full((6, rows[0].shape[1], 3), 255, np.uint8)
+    figure = np.vstack([part for row in rows for part in (row, spacer)][:-1])
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(destination), figure):
+        raise SystemExit(f"cannot write {destination}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path, help="the Set14 folder (HR/ and LR_x4/)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "comparison.png")
+    parser.add_argument("--model", action="append", help="a model id or weights file (repeatable)")
+    args = parser.parse_args()
+    make_comparison(args.data, args.out, tuple(args.model) if args.model else MODELS)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The bundled weights and sample clip: what the README promises about them holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import shared_data
+from upscaler.cli import cli
+from upscaler.models import find_model, list_models
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "examples" / "big_buck_bunny_320x180.mp4"
+BUNDLED = [entry.id for entry in list_models() if not entry.unbundled]
+
+
+def run(*args: object):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _eval(model_id: str, folder: Path) -> dict:
+    result = run(
+        "eval", "--model", model_id, "--data", folder, "--json", "--no-progress", "--backend", "torch"
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output[result.output.index("{") :])
+
+
+def _check_against_card(model_id: str, set_name: str) -> None:
+    report = _eval(model_id, shared_data("eval", set_name))
+    card = find_model(model_id).card["evaluation"][set_name]
+    # the card's figures are what `upscale eval` prints now (the weights are the card's, byte for byte)
+    assert report["mean"]["psnr"] == pytest.approx(card["psnr_y"], abs=1e-3)
+    assert report["mean"]["ssim"] == pytest.approx(card["ssim_y"], abs=1e-4)
+    # and the issue's bar: at least 1 dB over bicubic
+    assert report["mean"]["psnr"] >= report["mean"]["bicubic_psnr"] + 1.0
+
+
+@pytest.mark.parametrize("model_id", BUNDLED)
+def test_bundled_model_on_set5_matches_its_card_and_beats_bicubic_by_1db(model_id: str) -> None:
+    _check_against_card(model_id, "Set5")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_id", BUNDLED)
+def test_bundled_model_on_set14_matches_its_card_and_beats_bicubic_by_1db(model_id: str) -> None:
+    _check_against_card(model_id, "Set14")
+
+
+def test_cards_record_how_each_model_was_trained() -> None:
+    for model_id in BUNDLED:
+        card = find_model(model_id).card
+        assert card["commands"] and all(command.startswith("upscale train") for command in card["commands"])
+        assert card["wall_time_s"] > 0 and card["iterations"] > 0
+        assert card["weights_dtype"] in ("fp16", "fp32")
+
+
+def test_sample_clip_is_the_attributed_320x180_cut() -> None:
+    assert "Creative Commons Attribution 3.0" in (ROOT / "examples" / "ATTRIBUTION.md").read_text()
+    with av.open(str(SAMPLE)) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.width, video.codec_context.height) == (320, 180)
+        assert [stream.type for stream in container.streams] == ["video", "audio"]
+
+
+def test_the_readme_main_command_on_the_sample(tmp_path: Path) -> None:
+    # the first quarter second of `make demo` with the fast model: x4 frames, sound kept
+    out = tmp_path / "bunny_x4.mp4"
+    result = run("video", SAMPLE, out, "--model", "compact", "--duration", "0.25", "--progress", "none")
+    assert result.exit_code == 0, result.output
+    with av.open(str(out)) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.width, video.codec_context.height) == (1280, 720)
+        assert sum(1 for _ in container.decode(video=0)) == 6
+    with av.open(str(out)) as container:
+        assert len(container.streams.audio) == 1

@@ -1,0 +1,172 @@
+"""Turn a finished training run into a bundled model: `upscaler/weights/<id>.safetensors` and its card.
+
+    python -m train.ship --run RUN_DIR --id compact \
+        --eval ../shared/data/eval/Set5 --eval ../shared/data/eval/Set14
+
+A maintainer's step, not a user command. The run's generator is measured with `upscale eval` itself
+(a subprocess, so the published figures are exactly what that command prints) in fp32, and again from
+an fp16 copy of the weights. The fp16 copy ships only when it changes no printed figure (PSNR to
+0.01 dB, SSIM to 1e-4) on any set; the card records both measurements and which one shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from upscaler.files import write_bytes_atomically
+from upscaler.models import read_weights, save_weights
+from upscaler.models.registry import WEIGHTS_DIR
+
+# Below what `upscale eval` prints (0.01 dB, 1e-4 SSIM): an fp16 file within these changes no figure.
+PSNR_TOLERANCE = 0.005
+SSIM_TOLERANCE = 0.00005
+
+
+def evaluate(weights: Path, data: Path) -> dict[str, Any]:
+    """`upscale eval --json` of `weights` on `data` (fp32, torch on the CPU), as a dict."""
+    command = [
+        *_upscale(),
+        "eval",
+        "--model",
+        str(weights),
+        "--data",
+        str(data),
+        "--backend",
+        "torch",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--json",
+        "--no-progress",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"upscale eval failed on {weights} / {data}:\n{result.stderr.strip()}")
+    return json.loads(result.stdout)
+
+
+def ship(
+    run: Path, model_id: str, eval_sets: list[Path], destination: Path = WEIGHTS_DIR, note: str = ""
+) -> Path:
+    """Measure the run's weights, choose fp16 or fp32, write `<destination>/<model_id>.safetensors|.json`."""
+    cards = sorted(run.glob("*.json"))
+    cards = [card for card in cards if (card.with_suffix(".safetensors")).is_file()]
+    if len(cards) != 1:
+        raise SystemExit(f"{run}: expected one finished run (a .safetensors beside its .json card)")
+    card = json.loads(cards[0].read_text(encoding="utf-8"))
+    state, metadata = read_weights(cards[0].with_suffix(".safetensors"))
+    arch, config = metadata["arch"], json.loads(metadata["config"])
+
+    measured: dict[str, dict[str, dict[str, Any]]] = {"fp32": {}, "fp16": {}}
+    with tempfile.TemporaryDirectory() as work:
+        files = {
+            "fp32": save_weights(
+                {k: v.float() for k, v in state.items()}, Path(work, "fp32.safetensors"), arch, config
+            ),
+            "fp16": save_weights(_half(state), Path(work, "fp16.safetensors"), arch, config),
+        }
+        for dtype, path in files.items():
+            for data in eval_sets:
+                measured[dtype][data.name] = evaluate(path, data)
+        differences = {
+            name: (
+                abs(measured["fp16"][name]["mean"]["psnr"] - measured["fp32"][name]["mean"]["psnr"]),
+                abs(measured["fp16"][name]["mean"]["ssim"] - measured["fp32"][name]["mean"]["ssim"]),
+            )
+            for name in measured["fp32"]
+        }
+        lossless = all(dp <= PSNR_TOLERANCE and ds <= SSIM_TOLERANCE for dp, ds in differences.values())
+        chosen = "fp16" if lossless else "fp32"
+        weights = destination / f"{model_id}.safetensors"
+        destination.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomically(weights, files[chosen].read_bytes())
+
+    card.update(
+        {
+            "id": model_id,
+            "weights": weights.name,
+            "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            "weights_dtype": chosen,
+            "evaluation": {
+                name: {
+                    "psnr_y": round(report["mean"]["psnr"], 4),
+                    "ssim_y": round(report["mean"]["ssim"], 5),
+                    "bicubic_psnr_y": round(report["mean"]["bicubic_psnr"], 4),
+                    "bicubic_ssim_y": round(report["mean"]["bicubic_ssim"], 5),
+                    "images": len(report["images"]),
+                    "command": f"upscale eval --model {model_id} --data {_shown(data)}",
+                }
+                for data in eval_sets
+                for name, report in [(data.name, measured[chosen][data.name])]
+            },
+            "evaluation_definition": "Y of BT.601, scale-pixel border cropped, SR rounded to 8 bits "
+            "(BasicSR); fp32 on the CPU",
+            "fp16_check": {
+                "shipped": chosen,
+                "rule": f"fp16 ships when it moves no set's PSNR by more than {PSNR_TOLERANCE} dB "
+                f"nor its SSIM by more than {SSIM_TOLERANCE}",
+                "fp32": {name: _pair(report) for name, report in measured["fp32"].items()},
+                "fp16": {name: _pair(report) for name, report in measured["fp16"].items()},
+            },
+            "shipped_from": str(run),
+            "notes": note,
+        }
+    )
+    card_path = destination / f"{model_id}.json"
+    write_bytes_atomically(card_path, (json.dumps(card, indent=2, allow_nan=False) + "\n").encode())
+    return weights
+
+
+def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # integer buffers (batch norm's num_batches_tracked) stay as they are
+    return {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
+
+
+def _pair(report: dict[str, Any]) -> dict[str, float]:
+    return {"psnr_y": round(report["mean"]["psnr"], 4), "ssim_y": round(report["mean"]["ssim"], 5)}
+
+
+def _shown(path: Path) -> str:
+    return shlex.quote(str(path))
+
+
+def _upscale() -> list[str]:
+    return [sys.executable, "-c", "from upscaler.cli import main; main()"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.ship", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="a finished `upscale train` run folder")
+    parser.add_argument("--id", required=True, help="the model id to ship it as (upscaler/weights/<id>)")
+    parser.add_argument("--eval", type=Path, action="append", required=True, help="an eval set (repeatable)")
+    parser.add_argument("--to", type=Path, default=WEIGHTS_DIR, help="where the weights go")
+    parser.add_argument("--note", default="", help="how the run went, for the card (machine, sharing)")
+    args = parser.parse_args(argv)
+    weights = ship(args.run, args.id, args.eval, args.to, args.note)
+    card = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
+    print(f"{weights} ({card['weights_dtype']}, {weights.stat().st_size / 1e6:.2f} MB)")
+    for name, figures in card["evaluation"].items():
+        print(
+            f"  {name}: {figures['psnr_y']:.2f} dB / {figures['ssim_y']:.4f} "
+            f"(bicubic {figures['bicubic_psnr_y']:.2f} / {figures['bicubic_ssim_y']:.4f})"
+        )
+    for dtype in ("fp32", "fp16"):
+        print(
+            f"  {dtype}: "
+            + ", ".join(f"{k} {v['psnr_y']:.4f} dB" for k, v in card["fp16_check"][dtype].items())
+        )
+
+
+if __name__ == "__main__":
+    main()

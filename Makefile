@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 env: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/upscale video examples/big_buck_bunny_320x180.mp4 out/big_buck_bunny_x4.mp4 --overwrite
+	$(BIN)/upscale video examples/big_buck_bunny_320x180.mp4 out/big_buck_bunny_x4.mp4 --model compact --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

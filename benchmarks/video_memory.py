@@ -6,6 +6,7 @@ H.264 + AAC), runs `upscale video` on each in its own process with a small compa
 memory does not depend on the values) and prints each process's peak RSS from the kernel (wait4).
 
     .venv/bin/python benchmarks/video_memory.py [--size 160x90] [--seconds 10 60] [--threads 1]
+    .venv/bin/python benchmarks/video_memory.py --model compact --size 1280x720 --seconds 0.5 --threads 2
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 60.0])
     parser.add_argument("--threads", type=int, default=1, help="inference threads")
     parser.add_argument("--preset", default="veryfast", help="x264 preset of the output")
+    parser.add_argument("--model", help="a model id or weights file (default: a small random compact model)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory() as scratch:
@@ -89,8 +91,11 @@ def main() -> None:
         arch, config = MODEL
         torch.manual_seed(0)
         weights = save_weights(build_model(arch, config), folder / "model.safetensors", arch, config)
+        described = f"{arch} x4 ({config['num_feat']} features, {config['num_conv']} convs)"
+        if args.model:
+            weights, described = args.model, f"model {args.model}"
         print(
-            f"upscale video, {arch} x4 ({config['num_feat']} features, {config['num_conv']} convs), "
+            f"upscale video, {described}, "
             f"{width}x{height} -> {4 * width}x{4 * height}, {RATE} fps, libx264 {args.preset}, "
             f"{args.threads} thread(s)"
         )

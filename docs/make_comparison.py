@@ -17,13 +17,13 @@ import cv2
 import numpy as np
 
 from upscaler.metrics import psnr, to_uint8
+from upscaler.models import list_models
 from upscaler.options import BackendOptions, TileOptions
 from upscaler.resampling import bicubic_resize
 from upscaler.upscaling import open_upscaler
 
 # (image, left, top, side) of each HR crop: a face with fine line work, and a zebra's stripes
 CROPS = (("img_005", 40, 30, 128), ("img_014", 250, 110, 128))
-MODELS = ("rrdb-psnr", "srresnet", "compact")
 ZOOM = 2
 LABEL_HEIGHT = 44
 
@@ -45,7 +45,7 @@ def _panel(image: np.ndarray, crop: tuple[int, int, int], title: str, figure: st
     return np.vstack([piece, label])
 
 
-def make_comparison(data: Path, destination: Path, models: tuple[str, ...] = MODELS) -> None:
+def make_comparison(data: Path, destination: Path, models: tuple[str, ...]) -> None:
     names = [name for name, *_ in CROPS]
     hr = {name: _read(data / "HR" / f"{name}_SRF_4_HR.png") for name in names}
     lr = {name: _read(data / "LR_x4" / f"{name}_SRF_4_LR.png") for name in names}
@@ -79,9 +79,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="the Set14 folder (HR/ and LR_x4/)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "comparison.png")
-    parser.add_argument("--model", action="append", help="a model id or weights file (repeatable)")
+    parser.add_argument(
+        "--model", action="append", help="a model id or weights file (repeatable; default: every bundled one)"
+    )
     args = parser.parse_args()
-    make_comparison(args.data, args.out, tuple(args.model) if args.model else MODELS)
+    bundled = tuple(entry.id for entry in list_models() if entry.weights_present)
+    make_comparison(args.data, args.out, tuple(args.model) if args.model else bundled)
     print(args.out)
 
 

@@ -18,6 +18,10 @@ SAMPLE = ROOT / "examples" / "big_buck_bunny_320x180.mp4"
 BUNDLED = [entry.id for entry in list_models() if not entry.unbundled]
 
 
+def test_at_least_the_fast_model_is_bundled() -> None:
+    assert "compact" in BUNDLED and find_model("compact").weights_present
+
+
 def run(*args: object):
     return CliRunner().invoke(cli, [str(a) for a in args])
 

@@ -46,21 +46,26 @@ def test_images_help_names_the_options() -> None:
 
 
 def test_models_lists_the_ids_with_their_measured_quality() -> None:
-    from upscaler.models import find_model
+    from upscaler.models import list_models
 
     result = run("models")
     assert result.exit_code == 0
-    lines = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
-    for model_id in ("rrdb-psnr", "srresnet", "compact"):
-        card = find_model(model_id).card
-        assert f"bundled ({card['weights_dtype']})" in lines[model_id]
+    lines: dict[str, str] = {}
+    for line in result.output.splitlines():
+        if line.strip():
+            lines.setdefault(line.split()[0], line)  # the first table: one row an id
+    for entry in list_models():
+        if entry.unbundled:
+            assert f"not bundled ({entry.unbundled})" in lines[entry.id]
+            continue
+        card = entry.card
+        assert f"bundled ({card['weights_dtype']})" in lines[entry.id]
         set5, set14 = card["evaluation"]["Set5"], card["evaluation"]["Set14"]
-        assert f"Set5 {set5['psnr_y']:.2f} dB, Set14 {set14['psnr_y']:.2f} dB" in lines[model_id]
-    for model_id, instead in (("esrgan", "rrdb-psnr"), ("srgan", "srresnet")):
-        assert f"not bundled (GAN stage, needs VGG19): use {instead}" in lines[model_id]
+        assert f"Set5 {set5['psnr_y']:.2f} dB, Set14 {set14['psnr_y']:.2f} dB" in lines[entry.id]
+    assert "not bundled (GAN stage, needs VGG19)" in lines["esrgan"]
     # the quality table: bicubic as measured, each bundled model, the paper's rows as printed
-    assert "bicubic                 28.43 / 0.8113  26.09 / 0.7049" in result.output
-    assert "SRResNet (SRGAN paper)  32.05 / 0.9019  28.49 / 0.8184" in result.output
+    assert "bicubic                 28.43 / 0.8113    26.09 / 0.7049" in result.output
+    assert "SRResNet (SRGAN paper)  32.05 / 0.9019    28.49 / 0.8184" in result.output
 
 
 def test_backends_lists_torch_as_available() -> None:

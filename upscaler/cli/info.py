@@ -30,7 +30,7 @@ def models() -> None:
         elif entry.weights_present:
             weights = "bundled"
         elif entry.unbundled:
-            weights = f"not bundled (GAN stage, needs VGG19): use {entry.instead}"
+            weights = f"not bundled ({entry.unbundled})"
         else:
             weights = "missing: reinstall"
         rows.append(

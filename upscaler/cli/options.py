@@ -42,8 +42,8 @@ class TileSize(click.ParamType):
         return size
 
 
-# The bundled model with the best Set14 PSNR (see `upscale models`); the GAN ids have no bundled weights.
-DEFAULT_MODEL = "rrdb-psnr"
+# The bundled model with the best Set14 PSNR (see `upscale models`): for now the only one bundled.
+DEFAULT_MODEL = "compact"
 
 # --model as every command that loads a model spells it.
 model_option = click.option(

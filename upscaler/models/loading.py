@@ -84,10 +84,7 @@ def load_model(spec: str | Path) -> LoadedModel:
         if not path.is_file():
             if entry.unbundled:
                 raise ModelError(
-                    f"model {entry.id!r} has no bundled weights: {entry.unbundled}",
-                    hint=f"--model {entry.instead} is the bundled generator it starts from; with the VGG19 "
-                    f"file, train it: upscale train --recipe {entry.id} --pretrained {entry.instead} "
-                    "--vgg-weights vgg19-dcbb9e9d.pth (see the README)",
+                    f"model {entry.id!r} has no bundled weights: {entry.unbundled_why}", hint=entry.hint
                 )
             raise ModelError(
                 f"the bundled weights of model {entry.id!r} are missing ({path})",

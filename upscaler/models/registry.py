@@ -403,8 +403,9 @@ class ModelEntry:
     """A model id of `upscale`; its weights are `upscaler/weights/<id>.safetensors` beside a card `<id>.json`.
 
     config is what the bundled weights were trained with (for an id without bundled weights, the
-    paper's); the weights file's own config wins when loading. `unbundled` says why an id has no
-    bundled weights, and `instead` what to use meanwhile; both are None for a bundled id.
+    paper's); the weights file's own config wins when loading. For an id without bundled weights,
+    `unbundled` says why (in a few words for `upscale models`, then in a sentence) and `hint` what to
+    do instead; all three are None for a bundled id.
     """
 
     id: str
@@ -412,7 +413,8 @@ class ModelEntry:
     description: str
     config: dict[str, Any] = field(hash=False)
     unbundled: str | None = None
-    instead: str | None = None
+    unbundled_why: str | None = None
+    hint: str | None = None
 
     @property
     def scale(self) -> int:
@@ -450,11 +452,29 @@ class ModelEntry:
         return sum(parameter.numel() for parameter in module.parameters())
 
 
-# The GAN stages need ImageNet VGG19 weights for their perceptual loss; none could be used here, so
-# their ids name no bundled file and point at the PSNR-oriented generator they start from.
+# The GAN stages need ImageNet VGG19 weights for their perceptual loss; none could be used here.
 _NEEDS_VGG = (
     "its GAN stage is trained with a VGG19 perceptual loss, and no ImageNet VGG19 weights could be used here"
 )
+# The project ships a model once it beats bicubic by 1 dB on Set5 and on Set14 (see the README).
+_TRAINING = (
+    "its training on the project's 2-core CPU is not finished: it does not yet beat bicubic by the 1 dB "
+    "on Set5 and Set14 that a bundled model must"
+)
+
+
+def _gan_hint(psnr_recipe: str) -> str:
+    return (
+        f"use --model compact (bundled), or train it: upscale train --recipe {psnr_recipe} --data HR_DIR, "
+        f"then the GAN stage from its result with --vgg-weights vgg19-dcbb9e9d.pth (see the README)"
+    )
+
+
+def _training_hint(recipe: str) -> str:
+    return (
+        f"use --model compact (bundled), or train it yourself: upscale train --recipe {recipe} --data HR_DIR"
+    )
+
 
 MODELS: tuple[ModelEntry, ...] = (
     ModelEntry(
@@ -469,6 +489,9 @@ MODELS: tuple[ModelEntry, ...] = (
             "num_block": 6,
             "num_grow_ch": 16,
         },
+        unbundled="still training",
+        unbundled_why=_TRAINING,
+        hint=_training_hint("rrdb-psnr"),
     ),
     ModelEntry(
         id="srresnet",
@@ -482,6 +505,9 @@ MODELS: tuple[ModelEntry, ...] = (
             "scale": 4,
             "batch_norm": True,
         },
+        unbundled="still training",
+        unbundled_why=_TRAINING,
+        hint=_training_hint("srresnet"),
     ),
     ModelEntry(
         id="compact",
@@ -508,8 +534,9 @@ MODELS: tuple[ModelEntry, ...] = (
             "num_block": 23,
             "num_grow_ch": 32,
         },
-        unbundled=_NEEDS_VGG,
-        instead="rrdb-psnr",
+        unbundled="GAN stage, needs VGG19",
+        unbundled_why=_NEEDS_VGG,
+        hint=_gan_hint("rrdb-psnr"),
     ),
     ModelEntry(
         id="srgan",
@@ -523,8 +550,9 @@ MODELS: tuple[ModelEntry, ...] = (
             "scale": 4,
             "batch_norm": True,
         },
-        unbundled=_NEEDS_VGG,
-        instead="srresnet",
+        unbundled="GAN stage, needs VGG19",
+        unbundled_why=_NEEDS_VGG,
+        hint=_gan_hint("srresnet"),
     ),
 )
 

@@ -33,10 +33,10 @@ def libc(monkeypatch) -> FakeLibc:
     return fake
 
 
-def test_glibc_gets_no_trimming_and_no_mmap(libc: FakeLibc) -> None:
+def test_glibc_gets_no_trimming_and_mmap_only_above_32_mib(libc: FakeLibc) -> None:
     said = allocator.keep_freed_memory({})
-    assert libc.calls == [(allocator.M_TRIM_THRESHOLD, 2**31 - 1), (allocator.M_MMAP_MAX, 0)]
-    assert libc.calls[0][0] == -1 and libc.calls[1][0] == -4  # glibc's <malloc.h> numbers
+    assert libc.calls == [(allocator.M_TRIM_THRESHOLD, 2**31 - 1), (allocator.M_MMAP_THRESHOLD, 32 * 1024**2)]
+    assert libc.calls[0][0] == -1 and libc.calls[1][0] == -3  # glibc's <malloc.h> numbers
     assert "keeps freed memory" in said
 
 

@@ -33,4 +33,4 @@ class TileOptions:
     tile_size: int | None = None
     overlap: int | None = None
     batch_size: int = 4
-    memory_budget: int = 2 * 1024**3
+    memory_budget: int = 1024**3

@@ -136,7 +136,9 @@ def model_options(func):
         click.option(
             "--memory-budget",
             type=click.FloatRange(min=0.05),
-            default=2.0,
+            # 1 GiB, not 2: upscale video of 720p x4 peaked at 2784 MiB of RSS with 2 and 2116 with 1
+            # (BENCHMARKS.md); tiles planned for 1 GiB are still hundreds of pixels wide.
+            default=1.0,
             show_default=True,
             help="GiB of activations that --tile-size auto plans for.",
         ),

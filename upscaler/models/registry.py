@@ -476,6 +476,9 @@ def _training_hint(recipe: str) -> str:
     )
 
 
+# SRGAN's GAN stage keeps the shape of the SRResNet it starts from: one config for both ids.
+_SRRESNET = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 16, "scale": 4, "batch_norm": True}
+
 MODELS: tuple[ModelEntry, ...] = (
     ModelEntry(
         id="rrdb-psnr",
@@ -497,14 +500,7 @@ MODELS: tuple[ModelEntry, ...] = (
         id="srresnet",
         arch="srresnet",
         description="SRResNet on L1, x4, 16 residual blocks: SRGAN's PSNR-oriented generator",
-        config={
-            "num_in_ch": 3,
-            "num_out_ch": 3,
-            "num_feat": 64,
-            "num_block": 16,
-            "scale": 4,
-            "batch_norm": True,
-        },
+        config=_SRRESNET,
         unbundled="still training",
         unbundled_why=_TRAINING,
         hint=_training_hint("srresnet"),
@@ -542,14 +538,7 @@ MODELS: tuple[ModelEntry, ...] = (
         id="srgan",
         arch="srresnet",
         description="SRGAN: SRResNet generator after its GAN stage, x4, 16 blocks",
-        config={
-            "num_in_ch": 3,
-            "num_out_ch": 3,
-            "num_feat": 64,
-            "num_block": 16,
-            "scale": 4,
-            "batch_norm": True,
-        },
+        config=_SRRESNET,
         unbundled="GAN stage, needs VGG19",
         unbundled_why=_NEEDS_VGG,
         hint=_gan_hint("srresnet"),

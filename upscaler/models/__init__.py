@@ -24,7 +24,7 @@ from upscaler.models.registry import (
     list_models,
 )
 from upscaler.models.rrdbnet import RRDBNet, convert_esrgan_state_dict, convert_mmsr_state_dict
-from upscaler.models.srresnet import MSRResNet, SRResNet, fold_batch_norm
+from upscaler.models.srresnet import MSRResNet, SRResNet, SRResNetInference, fold_batch_norm
 
 __all__ = [
     "ARCHITECTURES",
@@ -42,6 +42,7 @@ __all__ = [
     "convert_mmsr_state_dict",
     "detect_architecture",
     "find_model",
+    "SRResNetInference",
     "fold_batch_norm",
     "get_architecture",
     "list_models",

@@ -27,7 +27,7 @@ from upscaler.models.rrdbnet import (
     is_esrgan_state_dict,
     is_mmsr_state_dict,
 )
-from upscaler.models.srresnet import MSRResNet, SRResNet, fold_batch_norm
+from upscaler.models.srresnet import MSRResNet, SRResNet, SRResNetInference
 from upscaler.values import SizeRequirement
 
 StateDict = Mapping[str, torch.Tensor]
@@ -107,7 +107,7 @@ def _srresnet_bytes(config: Config) -> int:
 
 def _srresnet_inference(module: nn.Module) -> nn.Module:
     assert isinstance(module, SRResNet)
-    return fold_batch_norm(module)
+    return SRResNetInference(module)
 
 
 # --- MSRResNet ----------------------------------------------------------------------------------------

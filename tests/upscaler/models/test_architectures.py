@@ -12,6 +12,7 @@ from upscaler.models import (
     ARCHITECTURES,
     MSRResNet,
     SRResNet,
+    SRResNetInference,
     SRVGGNetCompact,
     build_model,
     detect_architecture,
@@ -19,6 +20,7 @@ from upscaler.models import (
     load_model,
     save_weights,
 )
+from upscaler.models.srresnet import phase_kernel
 
 CASES = [
     (
@@ -114,7 +116,8 @@ def test_round_trip(arch, config, how, tmp_path, randomize):
         out = loaded.module(x)
     scale = _scale(config)
     assert out.shape == (2, config["num_out_ch"], 12 * scale, 16 * scale)
-    tolerance = 1e-5 if arch == "srresnet" and config["batch_norm"] else 1e-6
+    # SRResNet's inference form sums its last convolution in another order (SRResNetInference)
+    tolerance = 1e-5 if arch == "srresnet" else 1e-6
     torch.testing.assert_close(out, expected, atol=tolerance, rtol=0)
 
 
@@ -190,6 +193,36 @@ def test_fold_batch_norm_keeps_the_output(randomize):
     with torch.no_grad():
         torch.testing.assert_close(folded(x), net.eval()(x), atol=1e-5, rtol=0)
     assert net.batch_norm  # the original is left alone
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_srresnet_inference_form_keeps_the_output(randomize, scale):
+    net = randomize(SRResNet(num_feat=8, num_block=3, scale=scale))
+    fast = SRResNetInference(net)
+    assert not any(isinstance(layer, (nn.BatchNorm2d, nn.PReLU)) for layer in fast.modules())
+    assert fast.config == {**net.config, "batch_norm": False}
+    x = torch.rand(2, 3, 11, 14, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = net.eval()(x)
+        torch.testing.assert_close(fast(x), expected, atol=1e-5, rtol=0)
+        # channels_last and bf16, as the CPU backend runs it: still the same function
+        cl = fast.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(cl, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 9])
+def test_phase_kernel_moves_a_convolution_before_the_pixel_shuffle(k):
+    generator = torch.Generator().manual_seed(k)
+    weight = torch.randn(3, 5, k, k, generator=generator)
+    bias = torch.randn(3, generator=generator)
+    z = torch.randn(2, 20, 7, 9, generator=generator)
+    new_weight, new_bias = phase_kernel(weight, bias)
+    assert new_weight.shape == (12, 20, 2 * ((k // 2 + 1) // 2) + 1, 2 * ((k // 2 + 1) // 2) + 1)
+    after = F.conv2d(F.pixel_shuffle(z, 2), weight, bias, padding=k // 2)
+    before = F.pixel_shuffle(F.conv2d(z, new_weight, new_bias, padding=new_weight.shape[-1] // 2), 2)
+    torch.testing.assert_close(before, after, atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="odd square kernel"):
+        phase_kernel(torch.zeros(3, 5, 4, 4), bias)
 
 
 def test_fold_batch_norm_of_a_folded_model_is_a_copy(randomize):

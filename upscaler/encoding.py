@@ -14,6 +14,7 @@ exactly the conversion that was done. 10-bit (and deeper) sources are encoded wi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import os
@@ -286,6 +287,35 @@ def _try_open(encoding: Encoding, source: VideoInfo) -> None:
             context.close()
 
 
+# x264 holds its whole look-ahead in memory, about 3 bytes per pixel per frame (measured at 5120x2880:
+# 44 MB a frame; `medium`'s 40 frames took the encoder alone to 2.9 GB). Above this many bytes the default
+# look-ahead is shortened, never below X264_SHORTEST_LOOKAHEAD (veryfast's), unless the user set it.
+X264_LOOKAHEAD_BYTES = 512 * 1024**2
+X264_BYTES_PER_PIXEL = 3
+X264_SHORTEST_LOOKAHEAD = 10
+_X264_LOOKAHEAD = dict(zip(_X26X_PRESETS, (0, 0, 10, 20, 30, 40, 50, 60, 60, 60), strict=True))
+
+
+def bound_lookahead(encoding: Encoding, width: int, height: int) -> tuple[Encoding, str | None]:
+    """`encoding` with x264's look-ahead shortened so that its frames at `width` x `height` fit
+    X264_LOOKAHEAD_BYTES, and a line saying so; unchanged (and None) for other encoders, for an
+    rc-lookahead the user chose, and wherever the preset's own look-ahead fits."""
+    if encoding.codec not in ("libx264", "libx264rgb") or "rc-lookahead" in encoding.options:
+        return encoding, None
+    preset = encoding.options.get("preset", _DEFAULT_PRESETS[encoding.codec])
+    default = _X264_LOOKAHEAD.get(preset, 40)
+    frames = max(X264_SHORTEST_LOOKAHEAD, X264_LOOKAHEAD_BYTES // (width * height * X264_BYTES_PER_PIXEL))
+    if frames >= default:
+        return encoding, None
+    options = {**encoding.options, "rc-lookahead": str(frames)}
+    note = (
+        f"{encoding.codec} looks ahead {frames} frames, not preset {preset}'s {default}: at {width}x{height} "
+        f"that keeps its look-ahead near {X264_LOOKAHEAD_BYTES // 1024**2} MiB "
+        "(--encoder-option rc-lookahead=N to choose)"
+    )
+    return dataclasses.replace(encoding, options=options), note
+
+
 def frame_size(encoding: Encoding, width: int, height: int) -> tuple[int, int]:
     """The size a PartWriter encodes a `width` x `height` picture at: the next even size for pixel formats
     that halve chroma (4:2:0 needs even sides). The extra row/column repeats the edge pixels."""
@@ -322,11 +352,30 @@ def colour_numbers(tags: ColourTags) -> dict[str, int]:
     return numbers
 
 
+def level_dtype(bits: int) -> type[np.integer]:
+    """The integer type `quantize` gives for an encoding of `bits` bits per sample."""
+    return np.uint16 if bits > 8 else np.uint8
+
+
+def quantize(rgb: np.ndarray, bits: int) -> np.ndarray:
+    """Float RGB in [0, 1] (clipped) -> rounded levels for an encoding of `bits` bits: 0-255 in uint8 up to
+    8 bits, else 0-65535 in uint16 (swscale takes 16-bit RGB to any deeper YUV).
+
+    Frames wait for the encoder as levels: at 5120x2880 a frame is 44 MB in uint8 against 177 MB in
+    float32. One float temporary, scaled in place (`clip * k + 0.5` would make three).
+    """
+    levels = np.clip(rgb, 0.0, 1.0)
+    levels *= 65535.0 if bits > 8 else 255.0
+    levels += 0.5
+    return levels.astype(level_dtype(bits))
+
+
 class PartWriter:
     """One video-only part file. Use as a context manager; the file appears at `path` only once complete.
 
-    `write` takes H x W x 3 float32 RGB in [0, 1] with the frame's source pts; frames must come in display
-    order. Sides that the pixel format cannot hold (odd sides with 4:2:0) are padded by repeating the last
+    `write` takes H x W x 3 RGB with the frame's source pts: float32 in [0, 1], or the levels `quantize`
+    makes of it for this encoding (uint8, or uint16 above 8 bits). Frames must come in display order.
+    Sides that the pixel format cannot hold (odd sides with 4:2:0) are padded by repeating the last
     row/column (see `frame_size`).
     """
 
@@ -402,18 +451,14 @@ class PartWriter:
         self.frames += 1
 
     def _frame(self, rgb: np.ndarray) -> av.VideoFrame:
+        depth = 16 if self._deep else 8
+        levels = rgb if rgb.dtype == level_dtype(depth) else quantize(rgb, depth)
         padded_w, padded_h = self.size
         if (padded_w, padded_h) != (self.width, self.height):
-            rgb = np.pad(rgb, ((0, padded_h - self.height), (0, padded_w - self.width), (0, 0)), mode="edge")
-        # One float temporary, scaled in place: at 5120x2880 each is 177 MB, and `clip * k + 0.5` made
-        # three of them at once.
-        levels = np.clip(rgb, 0.0, 1.0)
-        levels *= 65535.0 if self._deep else 255.0
-        levels += 0.5
-        if self._deep:
-            frame = av.VideoFrame.from_ndarray(levels.astype(np.uint16), format="rgb48le")
-        else:
-            frame = av.VideoFrame.from_ndarray(levels.astype(np.uint8), format="rgb24")
+            levels = np.pad(
+                levels, ((0, padded_h - self.height), (0, padded_w - self.width), (0, 0)), mode="edge"
+            )
+        frame = av.VideoFrame.from_ndarray(levels, format="rgb48le" if self._deep else "rgb24")
         converted = self._reformatter.reformat(
             frame,
             format=self.encoding.pix_fmt,

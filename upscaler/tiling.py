@@ -335,6 +335,11 @@ class _Work(Generic[K]):
         """Blend the outputs of the next `regions` (in plan order) into the frame."""
         _, height, width = self.padded.shape
         scale = self.scale
+        if len(self.tiles) == 1:
+            # The whole frame in one tile: its weights are all 1, so its output is the frame as it is.
+            (self._output,) = outputs
+            self.done = 1
+            return
         if self._output is None:
             self._output = np.zeros((outputs.shape[1], height * scale, width * scale), dtype=np.float32)
             self._total = np.zeros((height * scale, width * scale), dtype=np.float32)
@@ -353,10 +358,15 @@ class _Work(Generic[K]):
 
     def output(self) -> np.ndarray:
         """The finished frame, cropped to its size times the scale and clipped to [0, 1]."""
-        assert self._output is not None and self._total is not None and self.finished
-        self._output /= self._total
-        # Clipping into a new array also drops the padded frame the crop would keep alive.
-        return np.clip(self._output[:, : self.height * self.scale, : self.width * self.scale], 0.0, 1.0)
+        assert self._output is not None and self.finished
+        output, total = self._output, self._total
+        # Normalised and clipped in place, and let go of here: at 720p x4 a frame is 177 MB, and a copy
+        # would hold two of them (the crop keeps the canvas alive only by its few padded rows).
+        self._output = self._total = None
+        if total is not None:
+            output /= total
+        crop = output[:, : self.height * self.scale, : self.width * self.scale]
+        return np.clip(crop, 0.0, 1.0, out=crop)
 
 
 def upscale_tiled(

@@ -12,7 +12,14 @@ import pytest
 
 from tests.conftest import shared_data
 from tests.upscaler import video_clips as clips
-from upscaler.encoding import EncodeSettings, PartWriter, frame_size, resolve_encoding
+from upscaler.encoding import (
+    EncodeSettings,
+    PartWriter,
+    bound_lookahead,
+    frame_size,
+    quantize,
+    resolve_encoding,
+)
 from upscaler.errors import OutputError
 from upscaler.video import ColourTags, VideoInfo, decode_frames, probe_video
 
@@ -141,6 +148,34 @@ def test_part_carries_colour_tags_and_ten_bits(tmp_path: Path, ten_bit: VideoInf
     assert np.mean([np.abs(a - b).mean() for a, b in zip(source, again, strict=True)]) * 255 < 0.5
 
 
+def test_quantize_rounds_clips_and_picks_the_depth() -> None:
+    rgb = np.array([[[-0.1, 0.0, 0.7 / 255]], [[0.5, 254.3 / 255, 1.2]]], dtype=np.float32)
+    eight = quantize(rgb, 8)
+    assert eight.dtype == np.uint8 and eight.shape == rgb.shape
+    assert eight.ravel().tolist() == [0, 0, 1, 128, 254, 255]
+    sixteen = quantize(rgb, 10)
+    assert sixteen.dtype == np.uint16 and sixteen.ravel().tolist() == [0, 0, 180, 32768, 65355, 65535]
+
+
+@pytest.mark.parametrize("source", ["cfr", "ten_bit"])
+def test_part_from_levels_equals_part_from_floats(
+    tmp_path: Path, source: str, request: pytest.FixtureRequest
+) -> None:
+    info: VideoInfo = request.getfixturevalue(source)
+    encoding = resolve_encoding(tmp_path / "o.mkv", info, EncodeSettings(crf=0, preset="ultrafast"))
+    frames = list(decode_frames(info))[:3]
+    write_part(tmp_path / "floats.nut", info, encoding, frames)
+    levels = [dataclasses.replace(frame, rgb=quantize(frame.rgb, encoding.bit_depth)) for frame in frames]
+    assert levels[0].rgb.dtype == (np.uint16 if source == "ten_bit" else np.uint8)
+    write_part(tmp_path / "levels.nut", info, encoding, levels)
+    decoded = [
+        [f.rgb for f in decode_frames(probe_video(tmp_path / name))] for name in ("floats.nut", "levels.nut")
+    ]
+    assert len(decoded[0]) == len(decoded[1]) == 3
+    for a, b in zip(*decoded, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_part_appears_only_when_complete(tmp_path: Path, cfr: VideoInfo) -> None:
     encoding = resolve_encoding(tmp_path / "o.mp4", cfr, EncodeSettings(preset="ultrafast"))
     frames = list(decode_frames(cfr))
@@ -191,3 +226,25 @@ def test_rgb_pixel_formats_are_tagged_rgb_and_keep_their_colours(
 def test_libx264rgb_takes_crf_and_preset(cfr: VideoInfo) -> None:
     encoding = resolve_encoding(Path("o.mkv"), cfr, EncodeSettings(codec="libx264rgb", crf=0, preset="fast"))
     assert encoding.describe() == "libx264rgb crf 0 preset fast bgr0"
+
+
+def test_x264_lookahead_is_bounded_for_large_frames(tmp_path: Path, cfr: VideoInfo) -> None:
+    medium = resolve_encoding(tmp_path / "o.mp4", cfr, EncodeSettings())
+    bounded, note = bound_lookahead(medium, 5120, 2880)
+    # 512 MiB at 3 bytes a pixel: 12 frames of 5120x2880 instead of medium's 40
+    assert bounded.options["rc-lookahead"] == "12" and medium.options.get("rc-lookahead") is None
+    assert note is not None and "not preset medium's 40" in note and "rc-lookahead=N" in note
+    assert "rc-lookahead=12" in bounded.describe()
+    # frames small enough, presets that look ahead less, a user's choice and other encoders: unchanged
+    assert bound_lookahead(medium, 1920, 1080) == (medium, None)
+    veryfast = resolve_encoding(tmp_path / "o.mp4", cfr, EncodeSettings(preset="veryfast"))
+    assert bound_lookahead(veryfast, 7680, 4320) == (veryfast, None)
+    chosen = resolve_encoding(tmp_path / "o.mp4", cfr, EncodeSettings(options=(("rc-lookahead", "50"),)))
+    assert bound_lookahead(chosen, 5120, 2880) == (chosen, None)
+    vp9 = resolve_encoding(tmp_path / "o.webm", cfr, EncodeSettings())
+    assert bound_lookahead(vp9, 5120, 2880) == (vp9, None)
+    # x264 takes the option: a part encodes with it
+    huge, _ = bound_lookahead(medium, 9000, 9000)
+    assert huge.options["rc-lookahead"] == "10"
+    write_part(tmp_path / "p.nut", cfr, huge, list(decode_frames(cfr))[:2])
+    assert probe_video(tmp_path / "p.nut").width == cfr.width

@@ -55,7 +55,16 @@ from typing import Protocol, TypeVar, runtime_checkable
 import av.logging
 import numpy as np
 
-from upscaler.encoding import EncodeSettings, Encoding, PartWriter, frame_size, resolve_encoding
+from upscaler.encoding import (
+    EncodeSettings,
+    Encoding,
+    PartWriter,
+    bound_lookahead,
+    frame_size,
+    level_dtype,
+    quantize,
+    resolve_encoding,
+)
 from upscaler.errors import InputError, OutputError, UpscaleError
 from upscaler.files import write_bytes_atomically
 from upscaler.image_job import upscale_picture
@@ -93,12 +102,18 @@ DEFAULT_PART_FRAMES = 250
 # How many frames wait between decoding and upscaling, and between upscaling and encoding. Decoding and
 # encoding run on their own threads, so a queue only has to absorb their jitter (a slow keyframe, a part
 # being closed and the next opened) and, before upscaling, the burst of frames a batch across frames
-# takes at once; deeper queues only cost memory. Both hold float32 RGB: frames are converted from and to
-# 8 or 16 bits on the decode and encode threads, never on the upscaling thread, at 4x the bytes of 8-bit
-# frames. So each queue is also capped in bytes (`_queue_depth`): a 4K frame as decoded is 100 MB, a
-# 1080p frame upscaled x4 400 MB. Not measured yet (the machine was busy): to tune, run `upscale video`
-# on a GPU while sampling both queues' fill (Pipe.qsize): a decode queue often empty means decoding
-# stalls inference (deeper, or more decoder threads), an encode queue often full means encoding does.
+# takes at once; deeper queues only cost memory. The decode queue holds float32 RGB, converted on the
+# decode thread; the encode queue holds the encoder's levels (uint8, or uint16 above 8 bits), quantized
+# on the upscaling thread, where one pass over the frame is cheap next to the model and saves 3/4 of the
+# bytes of the largest frames in the job (720p x4 is 44 MB a frame in uint8, 177 MB in float32). Each
+# queue is also capped in bytes (`_queue_depth`): a 4K frame as decoded is 100 MB. Depths not measured
+# yet (the machine was busy): to tune, run `upscale video` on a GPU while sampling both queues' fill
+# (Pipe.qsize): a decode queue often empty means decoding stalls inference (deeper, or more decoder
+# threads), an encode queue often full means encoding does.
+# How much lower the decode and encode threads (and the encoder's own) run than inference: on a CPU
+# backend they then fill the time inference leaves instead of preempting one of its threads (see
+# pipeline.lower_priority). Measured in BENCHMARKS.md (pipeline efficiency).
+WORKER_NICE = 10
 DECODE_QUEUE_FRAMES = 8
 ENCODE_QUEUE_FRAMES = 4
 QUEUE_BYTES = 512 * 1024**2
@@ -270,6 +285,9 @@ def plan_video_job(
 
     warnings: list[str] = []
     coded = frame_size(encoding, width, height)
+    encoding, lookahead_note = bound_lookahead(encoding, *coded)
+    if lookahead_note:
+        warnings.append(lookahead_note)
     if coded != (width, height):
         warnings.append(
             f"{encoding.pix_fmt} needs even sides: {width}x{height} is encoded as {coded[0]}x{coded[1]} "
@@ -730,7 +748,7 @@ def _open_journal(plan: VideoPlan, resume: bool, notify: Callable[[Note], None])
 class _Upscaled:
     pts: int
     key_frame: bool
-    rgb: np.ndarray
+    rgb: np.ndarray  # H x W x 3 levels for the encoder (see `quantize`)
 
 
 class _PartSink:
@@ -888,6 +906,7 @@ def run_video_job(
                     sink,
                     queue_size=queue_size or _queue_sizes(plan),
                     first_frame=journal.frames,
+                    worker_nice=WORKER_NICE,
                 )
                 for line in problems:
                     notify(Note(line, warning=True))
@@ -928,7 +947,7 @@ def _infer_stage(
 
 def _queue_sizes(plan: VideoPlan) -> tuple[int, int]:
     decoded = plan.source.width * plan.source.height * 3 * 4
-    upscaled = plan.width * plan.height * 3 * 4
+    upscaled = plan.width * plan.height * 3 * np.dtype(level_dtype(plan.encoding.bit_depth)).itemsize
     return _queue_depth(DECODE_QUEUE_FRAMES, decoded), _queue_depth(ENCODE_QUEUE_FRAMES, upscaled)
 
 
@@ -939,7 +958,8 @@ def _queue_depth(frames: int, frame_bytes: int) -> int:
 
 def _upscale_frame(frame: VideoFrame, upscale: Upscale, plan: VideoPlan) -> _Upscaled:
     picture = upscale_picture(Picture(rgb=frame.rgb), upscale, scale=plan.scale, outscale=plan.outscale)
-    return _Upscaled(frame.pts, frame.key_frame, picture.rgb)
+    # Quantized here, so the encode queue holds a quarter (8-bit) or half (deeper) of the float frame.
+    return _Upscaled(frame.pts, frame.key_frame, quantize(picture.rgb, plan.encoding.bit_depth))
 
 
 def _upscale_frames(

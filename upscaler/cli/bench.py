@@ -41,7 +41,11 @@ class FrameSize(click.ParamType):
     "--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed runs first."
 )
 @click.option(
-    "--frames", type=click.IntRange(min=1), default=8, show_default=True, help="Frames of the video clip."
+    "--frames",
+    type=click.IntRange(min=1),
+    default=24,
+    show_default=True,
+    help="Frames of the video clip (the encoder's flush after the last frame weighs less in more).",
 )
 @click.option("--no-video", is_flag=True, help="Leave out the end-to-end video measurement.")
 @click.option(

@@ -57,9 +57,19 @@ def evaluate(weights: Path, data: Path) -> dict[str, Any]:
 
 
 def ship(
-    run: Path, model_id: str, eval_sets: list[Path], destination: Path = WEIGHTS_DIR, note: str = ""
+    run: Path,
+    model_id: str,
+    eval_sets: list[Path],
+    destination: Path = WEIGHTS_DIR,
+    note: str = "",
+    before: tuple[Path, ...] = (),
 ) -> Path:
-    """Measure the run's weights, choose fp16 or fp32, write `<destination>/<model_id>.safetensors|.json`."""
+    """Measure the run's weights, choose fp16 or fp32, write `<destination>/<model_id>.safetensors|.json`.
+
+    `before`: the earlier stages the run started from (`--pretrained`), earliest first, each a finished
+    run folder or the checkpoint a stopped stage was continued from; the card lists every stage's
+    commands, iterations and wall time, and their sum."""
+    stages = [earlier_stage(path) for path in before]
     cards = sorted(run.glob("*.json"))
     cards = [card for card in cards if (card.with_suffix(".safetensors")).is_file()]
     if len(cards) != 1:
@@ -123,9 +133,48 @@ def ship(
             "notes": note,
         }
     )
+    if stages:
+        last = {
+            "from": str(run),
+            "commands": card.get("commands") or [card.get("command", "")],
+            "iterations": card.get("iterations"),
+            "wall_time_s": card.get("wall_time_s"),
+        }
+        card["stages"] = [*stages, last]
+        seconds = sum(float(stage["wall_time_s"] or 0) for stage in card["stages"])
+        card["wall_time_total_s"] = round(seconds, 1)
+        card["iterations_total"] = sum(int(stage["iterations"] or 0) for stage in card["stages"])
     card_path = destination / f"{model_id}.json"
     write_bytes_atomically(card_path, (json.dumps(card, indent=2, allow_nan=False) + "\n").encode())
     return weights
+
+
+def earlier_stage(path: Path) -> dict[str, Any]:
+    """Commands, iterations and wall time of an earlier stage: from a finished run folder's card, or from
+    the checkpoint (`.pt`) of a stage that was stopped and continued from there."""
+    if path.is_dir():
+        cards = [card for card in sorted(path.glob("*.json")) if card.with_suffix(".safetensors").is_file()]
+        if len(cards) != 1:
+            raise SystemExit(f"--before {path}: expected one finished run (a .safetensors beside its card)")
+        card = json.loads(cards[0].read_text(encoding="utf-8"))
+        return {
+            "from": str(path),
+            "commands": card.get("commands") or [card.get("command", "")],
+            "iterations": card["iterations"],
+            "wall_time_s": card["wall_time_s"],
+            "validation_psnr_y": (card.get("validation") or {}).get("psnr_y"),
+        }
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a maintainer's script: say which file and why, and stop
+        raise SystemExit(f"--before {path}: not a run folder nor a readable checkpoint ({exc})") from exc
+    return {
+        "from": str(path),
+        "commands": list(checkpoint.get("commands", [])),
+        "iterations": checkpoint["iteration"],
+        "wall_time_s": round(float(checkpoint["wall_time"]), 1),
+        "stopped_at_checkpoint": True,
+    }
 
 
 def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -152,8 +201,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval", type=Path, action="append", required=True, help="an eval set (repeatable)")
     parser.add_argument("--to", type=Path, default=WEIGHTS_DIR, help="where the weights go")
     parser.add_argument("--note", default="", help="how the run went, for the card (machine, sharing)")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        action="append",
+        default=[],
+        help="an earlier stage the run started from, earliest first: a run folder, or the checkpoint a "
+        "stopped stage was continued from (repeatable)",
+    )
     args = parser.parse_args(argv)
-    weights = ship(args.run, args.id, args.eval, args.to, args.note)
+    weights = ship(args.run, args.id, args.eval, args.to, args.note, tuple(args.before))
     card = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
     print(f"{weights} ({card['weights_dtype']}, {weights.stat().st_size / 1e6:.2f} MB)")
     for name, figures in card["evaluation"].items():

@@ -66,3 +66,28 @@ def test_fp16_ships_only_when_no_printed_figure_moves(shipped) -> None:
             abs(check["fp16"][n]["ssim_y"] - check["fp32"][n]["ssim_y"]) <= 0.00005 for n in check["fp32"]
         )
     )
+
+
+def test_earlier_stages_go_into_the_card(tmp_path: Path) -> None:
+    images = make_images(tmp_path / "hr", count=3, size=48)
+    sets = [make_images(tmp_path / "SetA", count=1, size=40, seed=1)]
+    first = tiny_recipe("compact-psnr", images, train={"iterations": 4, "checkpoint_every": 2})
+    train(first, tmp_path / "first")
+    stopped = tmp_path / "first" / "checkpoints" / "iter_00000004.pt"
+    assert stopped.is_file()
+    train(tiny_recipe("compact-psnr", images, train={"iterations": 2}), tmp_path / "last")
+    weights = ship(
+        tmp_path / "last", "staged", sets, tmp_path / "weights", before=(tmp_path / "first", stopped)
+    )
+    card = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
+    assert [stage["iterations"] for stage in card["stages"]] == [4, 4, 2]
+    assert card["iterations_total"] == 10
+    assert card["stages"][1]["stopped_at_checkpoint"] is True
+    assert card["stages"][-1]["from"] == str(tmp_path / "last")
+    assert card["wall_time_total_s"] == pytest.approx(
+        sum(stage["wall_time_s"] for stage in card["stages"]), abs=0.2
+    )
+    with pytest.raises(SystemExit, match="not a run folder nor a readable checkpoint"):
+        ship(
+            tmp_path / "last", "staged", sets, tmp_path / "weights", before=(tmp_path / "hr" / "nothing.pt",)
+        )

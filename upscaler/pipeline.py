@@ -24,9 +24,7 @@ encoder that is half-way through a file never mistakes a stop for the end of the
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -148,15 +146,12 @@ def run_pipeline(
     queue_size: int | tuple[int, int] = 2,
     first_frame: int = 0,
     names: StageNames = StageNames(),
-    worker_nice: int = 0,
 ) -> R:
     """Run `decode` on a thread, `infer` on the items in this thread, `encode` on a thread; return its result.
 
     queue_size: the depth of both queues, or (decode -> infer, infer -> encode) depths. Items keep their
-    order. worker_nice: on Linux, the decode and encode threads (and threads they start, such as an
-    encoder library's) run at this much lower priority than the calling thread (see `lower_priority`).
-    Raises StageError for a failure in any stage (after stopping the other two), or KeyboardInterrupt
-    as it came.
+    order. Raises StageError for a failure in any stage (after stopping the other two), or
+    KeyboardInterrupt as it came.
     """
     decoded_size, inferred_size = (queue_size, queue_size) if isinstance(queue_size, int) else queue_size
     stop = threading.Event()
@@ -165,7 +160,6 @@ def run_pipeline(
     encode_outcome: list[Failure | R] = []
 
     def decode_thread() -> None:
-        lower_priority(worker_nice)
         number = first_frame
         iterator = iter(decode)
         try:
@@ -201,7 +195,6 @@ def run_pipeline(
                 yield item.value
 
     def encode_thread() -> None:
-        lower_priority(worker_nice)
         try:
             result = encode(inferred_values())
         except Stopped:
@@ -275,26 +268,6 @@ def run_pipeline(
     if isinstance(outcome, Failure):
         raise StageError(outcome.stage, outcome.frame, outcome.error) from outcome.error
     return outcome
-
-
-def lower_priority(steps: int) -> bool:
-    """Lower the calling thread's scheduling priority by `steps` nice levels; True when it was lowered.
-
-    Linux schedules threads one by one, and threads a thread starts inherit its nice value: an encoder
-    opened on a lowered thread runs its own threads lowered too. So where decoding and encoding share the
-    CPU with inference (a CPU backend), they take the time inference leaves, rather than preempting one
-    of its threads while the others wait for it at the next barrier. Where inference cannot keep the CPU
-    busy, they run as before. Elsewhere (macOS, Windows) a nice value is per process: nothing is done.
-    """
-    if steps <= 0 or not sys.platform.startswith("linux"):
-        return False
-    thread = threading.get_native_id()
-    try:
-        current = os.getpriority(os.PRIO_PROCESS, thread)
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, current + steps))
-    except OSError:  # a sandbox that forbids it: run as we are
-        return False
-    return True
 
 
 def _one_at_a_time(infer: Callable[[T], U]) -> Callable[[Iterator[T]], Iterator[U]]:

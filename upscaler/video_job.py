@@ -110,10 +110,6 @@ DEFAULT_PART_FRAMES = 250
 # yet (the machine was busy): to tune, run `upscale video` on a GPU while sampling both queues' fill
 # (Pipe.qsize): a decode queue often empty means decoding stalls inference (deeper, or more decoder
 # threads), an encode queue often full means encoding does.
-# How much lower the decode and encode threads (and the encoder's own) run than inference: on a CPU
-# backend they then fill the time inference leaves instead of preempting one of its threads (see
-# pipeline.lower_priority). Measured in BENCHMARKS.md (pipeline efficiency).
-WORKER_NICE = 10
 DECODE_QUEUE_FRAMES = 8
 ENCODE_QUEUE_FRAMES = 4
 QUEUE_BYTES = 512 * 1024**2
@@ -906,7 +902,6 @@ def run_video_job(
                     sink,
                     queue_size=queue_size or _queue_sizes(plan),
                     first_frame=journal.frames,
-                    worker_nice=WORKER_NICE,
                 )
                 for line in problems:
                     notify(Note(line, warning=True))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from collections.abc import Iterator
 
@@ -18,7 +16,6 @@ from upscaler.pipeline import (
     Pipe,
     StageError,
     Stopped,
-    lower_priority,
     run_pipeline,
 )
 
@@ -285,34 +282,3 @@ def test_memory_is_bounded_by_the_queues_and_the_batch() -> None:
 def test_queue_sizes_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         run_pipeline(iter(range(3)), lambda value: value, collect, queue_size=(2, 0))
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
-def test_worker_threads_run_at_lower_priority_and_the_caller_does_not() -> None:
-    def nice() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    base = nice()
-    seen: dict[str, int] = {}
-
-    def decode():
-        seen["decode"] = nice()
-        yield 1
-
-    def encode(values):
-        seen["encode"] = nice()
-        # a thread the encode stage starts (as an encoder library does) inherits its priority
-        child = threading.Thread(target=lambda: seen.setdefault("child", nice()))
-        child.start()
-        child.join()
-        return list(values)
-
-    def infer(value):
-        seen["infer"] = nice()
-        return value
-
-    assert run_pipeline(decode(), infer, encode, worker_nice=3) == [1]
-    lowered = min(19, base + 3)
-    assert seen == {"decode": lowered, "encode": lowered, "child": lowered, "infer": base}
-    assert nice() == base
-    assert lower_priority(0) is False

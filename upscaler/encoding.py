@@ -357,14 +357,15 @@ def level_dtype(bits: int) -> type[np.integer]:
     return np.uint16 if bits > 8 else np.uint8
 
 
-def quantize(rgb: np.ndarray, bits: int) -> np.ndarray:
+def quantize(rgb: np.ndarray, bits: int, *, in_place: bool = False) -> np.ndarray:
     """Float RGB in [0, 1] (clipped) -> rounded levels for an encoding of `bits` bits: 0-255 in uint8 up to
     8 bits, else 0-65535 in uint16 (swscale takes 16-bit RGB to any deeper YUV).
 
     Frames wait for the encoder as levels: at 5120x2880 a frame is 44 MB in uint8 against 177 MB in
-    float32. One float temporary, scaled in place (`clip * k + 0.5` would make three).
+    float32. One float temporary, scaled in place (`clip * k + 0.5` would make three); none with
+    `in_place`, which scales `rgb` itself (a float32 array the caller owns and no longer needs).
     """
-    levels = np.clip(rgb, 0.0, 1.0)
+    levels = np.clip(rgb, 0.0, 1.0, out=rgb if in_place and rgb.dtype == np.float32 else None)
     levels *= 65535.0 if bits > 8 else 255.0
     levels += 0.5
     return levels.astype(level_dtype(bits))

@@ -86,7 +86,7 @@ K = TypeVar("K")
 class UpscaleStream(Protocol):
     """An upscaler that takes frames as a stream, to batch tiles of consecutive frames together
     (`upscaler.upscaling.Upscaler`): (key, H x W x 3 float32) pairs in, (key, upscaled) pairs out, one
-    per frame and in order."""
+    per frame and in order. Each upscaled frame is a new array that the job may overwrite."""
 
     def upscale_stream(self, frames: Iterable[tuple[K, np.ndarray]]) -> Iterator[tuple[K, np.ndarray]]: ...
 
@@ -951,10 +951,13 @@ def _queue_depth(frames: int, frame_bytes: int) -> int:
     return max(_SMALLEST_QUEUE, min(frames, QUEUE_BYTES // max(1, frame_bytes)))
 
 
-def _upscale_frame(frame: VideoFrame, upscale: Upscale, plan: VideoPlan) -> _Upscaled:
+def _upscale_frame(frame: VideoFrame, upscale: Upscale, plan: VideoPlan, owned: bool = False) -> _Upscaled:
+    """`owned`: what `upscale` returns is a new array nobody else holds, so it may be quantized in place
+    (a caller's own function may return an array it keeps)."""
     picture = upscale_picture(Picture(rgb=frame.rgb), upscale, scale=plan.scale, outscale=plan.outscale)
     # Quantized here, so the encode queue holds a quarter (8-bit) or half (deeper) of the float frame.
-    return _Upscaled(frame.pts, frame.key_frame, quantize(picture.rgb, plan.encoding.bit_depth))
+    levels = quantize(picture.rgb, plan.encoding.bit_depth, in_place=owned)
+    return _Upscaled(frame.pts, frame.key_frame, levels)
 
 
 def _upscale_frames(
@@ -964,7 +967,8 @@ def _upscale_frames(
     for frame, rgb in upscale.upscale_stream((frame, frame.rgb) for frame in frames):
         # The model already ran; upscale_picture checks its output's size and resizes to --outscale
         # exactly as it does for a frame upscaled alone (a video frame has no alpha to upscale).
-        yield _upscale_frame(frame, lambda _, done=rgb: done, plan)
+        # `rgb` is the Upscaler's new output frame: quantized in place (177 MB less at 720p x4).
+        yield _upscale_frame(frame, lambda _, done=rgb: done, plan, owned=True)
 
 
 def _mux(plan: VideoPlan, journal: Journal) -> list[str]:

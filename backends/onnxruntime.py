@@ -94,6 +94,8 @@ class OnnxRuntimeSession(ClosingSession):
 
         available = ort.get_available_providers()
         self.device, self.device_id = resolve_providers(options.device, available)
+        # One tile at a time on the CPU (upscaler.backend.preferred_batch says why); a GPU wants batches.
+        self.preferred_batch = 1 if self.device == "cpu" else 4
         precision = options.precision
         if precision is Precision.BF16:
             raise BackendError(

@@ -116,6 +116,8 @@ class TorchSession(ClosingSession):
                 raise BackendError(f"--threads: must be at least 1 (got {options.threads})")
             torch.set_num_threads(options.threads)
         self.in_channels = model.info.in_channels
+        # One tile at a time on the CPU (upscaler.backend.preferred_batch says why); a GPU wants batches.
+        self.preferred_batch = 1 if self.device.type == "cpu" else 4
         # channels_last helps oneDNN and cuDNN convolutions; MPS gains nothing from it.
         self.memory_format = (
             torch.channels_last

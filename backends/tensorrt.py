@@ -436,6 +436,11 @@ class TensorRTSession(ClosingSession):
             self._host[role] = buffer
         return buffer[:count].view(shape)
 
+    @property
+    def preferred_batch(self) -> int:
+        """The batch the engine's profile was tuned for (its `opt` shape); the core batches that many."""
+        return int(self.profile.opt[0])
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if self.context is None:
             raise BackendError("tensorrt backend: the session is closed")

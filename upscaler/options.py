@@ -27,10 +27,11 @@ class TileOptions:
 
     tile_size: the side of a tile in input pixels, or None to pick the largest that fits
     `memory_budget` bytes; overlap: input pixels each tile reads beyond the part it owns, on every side,
-    or None for the model's own hint (about its receptive field).
+    or None for the model's own hint (about its receptive field); batch_size: tiles per batch, or None for
+    what the backend's session runs fastest with (`upscaler.backend.preferred_batch`).
     """
 
     tile_size: int | None = None
     overlap: int | None = None
-    batch_size: int = 4
+    batch_size: int | None = None
     memory_budget: int = 1024**3

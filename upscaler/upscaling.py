@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from upscaler.backend import Session, get_backend
+from upscaler.backend import Session, get_backend, preferred_batch
 from upscaler.errors import UpscaleError
 from upscaler.models import LoadedModel, load_model
 from upscaler.options import BackendOptions, TileOptions
@@ -43,7 +43,7 @@ class Upscaler:
             requirement=info.requirement,
             tile=tile,
             overlap=overlap,
-            batch_size=tile_options.batch_size,
+            batch_size=tile_options.batch_size or preferred_batch(session),
             bytes_per_pixel=info.bytes_per_pixel,
             memory_budget=tile_options.memory_budget,
         )

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_CONFIGS, tiny_weights
+from upscaler.backend import DEFAULT_BATCH, preferred_batch
 from upscaler.errors import UpscaleError
 from upscaler.models import load_model
 from upscaler.options import BackendOptions, TileOptions
@@ -82,3 +83,21 @@ def test_a_stream_fails_on_a_frame_of_the_wrong_channel_count(tmp_path: Path) ->
         pytest.raises(UpscaleError, match="expected an H x W x 3 image"),
     ):
         list(upscaler.upscale_stream(frames))
+
+
+def test_batch_size_defaults_to_what_the_session_prefers(tmp_path: Path) -> None:
+    model = load_model(tiny_weights(tmp_path, "compact"))
+    cpu = BackendOptions(device="cpu")
+    with open_upscaler(model, "torch", cpu, TileOptions()) as upscaler:
+        assert upscaler.session.preferred_batch == 1 and upscaler.tiler.batch_size == 1
+    with open_upscaler(model, "torch", cpu, TileOptions(batch_size=3)) as upscaler:
+        assert upscaler.tiler.batch_size == 3  # a given --batch-size wins
+
+    class Plain:  # a third party's session that says nothing
+        def infer(self, batch):
+            return batch
+
+        def close(self):
+            pass
+
+    assert preferred_batch(Plain()) == DEFAULT_BATCH == 4

@@ -131,7 +131,9 @@ def model_options(func):
             help="Input pixels each tile reads past its edges (default: the model's receptive field).",
         ),
         click.option(
-            "--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per batch."
+            "--batch-size",
+            type=click.IntRange(min=1),
+            help="Tiles per batch (default: what the backend runs fastest: 1 on a CPU, 4 on a GPU).",
         ),
         click.option(
             "--memory-budget",

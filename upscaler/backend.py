@@ -50,7 +50,10 @@ def preferred_batch(session: Session) -> int:
 
     On the CPU that is 1: batches of 4 tiles of consecutive 320x180 frames took 0.58-0.61 s a frame
     against 0.40 one at a time (torch, compact; OpenVINO 0.45-0.49 against 0.41-0.43), and at 1280x720
-    (several tiles a frame) the two were within noise (BENCHMARKS.md). A GPU fills up with batches.
+    (several tiles a frame) the two were within noise (BENCHMARKS.md). The batch's activations (59 MB a
+    layer there) pass the allocator's 32 MiB mmap threshold and are faulted in afresh at every layer;
+    with a 256 MiB threshold the two tied (0.39 s), so batching gains nothing on the CPU. A GPU fills up
+    with batches.
     """
     value = getattr(session, "preferred_batch", None)
     return value if isinstance(value, int) and value >= 1 else DEFAULT_BATCH

@@ -456,23 +456,13 @@ class ModelEntry:
 _NEEDS_VGG = (
     "its GAN stage is trained with a VGG19 perceptual loss, and no ImageNet VGG19 weights could be used here"
 )
-# The project ships a model once it beats bicubic by 1 dB on Set5 and on Set14 (see the README).
-_TRAINING = (
-    "its training on the project's 2-core CPU is not finished: it does not yet beat bicubic by the 1 dB "
-    "on Set5 and Set14 that a bundled model must"
-)
 
 
-def _gan_hint(psnr_recipe: str) -> str:
+def _gan_hint(psnr_id: str, gan_recipe: str) -> str:
     return (
-        f"use --model compact (bundled), or train it: upscale train --recipe {psnr_recipe} --data HR_DIR, "
-        f"then the GAN stage from its result with --vgg-weights vgg19-dcbb9e9d.pth (see the README)"
-    )
-
-
-def _training_hint(recipe: str) -> str:
-    return (
-        f"use --model compact (bundled), or train it yourself: upscale train --recipe {recipe} --data HR_DIR"
+        f"use --model {psnr_id} (its PSNR-oriented generator, bundled), or train the GAN stage from it: "
+        f"upscale train --recipe {gan_recipe} --data HR_DIR --vgg-weights vgg19-dcbb9e9d.pth "
+        f"--pretrained {psnr_id} (see the README)"
     )
 
 
@@ -492,18 +482,12 @@ MODELS: tuple[ModelEntry, ...] = (
             "num_block": 6,
             "num_grow_ch": 16,
         },
-        unbundled="still training",
-        unbundled_why=_TRAINING,
-        hint=_training_hint("rrdb-psnr"),
     ),
     ModelEntry(
         id="srresnet",
         arch="srresnet",
         description="SRResNet on L1, x4, 16 residual blocks: SRGAN's PSNR-oriented generator",
         config=_SRRESNET,
-        unbundled="still training",
-        unbundled_why=_TRAINING,
-        hint=_training_hint("srresnet"),
     ),
     ModelEntry(
         id="compact",
@@ -532,7 +516,7 @@ MODELS: tuple[ModelEntry, ...] = (
         },
         unbundled="GAN stage, needs VGG19",
         unbundled_why=_NEEDS_VGG,
-        hint=_gan_hint("rrdb-psnr"),
+        hint=_gan_hint("rrdb-psnr", "esrgan"),
     ),
     ModelEntry(
         id="srgan",
@@ -541,7 +525,7 @@ MODELS: tuple[ModelEntry, ...] = (
         config=_SRRESNET,
         unbundled="GAN stage, needs VGG19",
         unbundled_why=_NEEDS_VGG,
-        hint=_gan_hint("srresnet"),
+        hint=_gan_hint("srresnet", "srgan"),
     ),
 )
 

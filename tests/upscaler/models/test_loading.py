@@ -15,6 +15,7 @@ from safetensors import safe_open
 from upscaler.errors import ModelError, OutputError
 from upscaler.models import (
     build_model,
+    find_model,
     list_models,
     load_model,
     read_weights,
@@ -183,16 +184,16 @@ def test_a_bundled_id_whose_file_is_gone(no_bundled_weights):
     [
         ("esrgan", "its GAN stage is trained with a VGG19 perceptual loss", "rrdb-psnr"),
         ("srgan", "its GAN stage is trained with a VGG19 perceptual loss", "srresnet"),
-        ("rrdb-psnr", "its training on the project's 2-core CPU is not finished", "rrdb-psnr"),
-        ("srresnet", "its training on the project's 2-core CPU is not finished", "srresnet"),
     ],
 )
 def test_an_id_without_weights_says_why_and_what_to_use(model_id, why, recipe):
     with pytest.raises(ModelError) as error:
         load_model(model_id)
     assert error.value.message.startswith(f"model '{model_id}' has no bundled weights: {why}")
-    assert error.value.hint.startswith("use --model compact (bundled), or train it")
-    assert f"upscale train --recipe {recipe} --data HR_DIR" in error.value.hint
+    assert error.value.hint.startswith(f"use --model {recipe} (its PSNR-oriented generator, bundled)")
+    assert f"upscale train --recipe {model_id} --data HR_DIR" in error.value.hint
+    assert f"--pretrained {recipe}" in error.value.hint
+    assert find_model(recipe).weights_present
 
 
 def test_every_bundled_id_ships_weights_that_load_with_its_config():

@@ -210,8 +210,8 @@ def phase_kernel(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor
     Output pixel (2I+p, 2J+q) of channel o reads input pixel (2I+p+dy, 2J+q+dx), which is channel
     4c+2a+b of the unshuffled map at (I+floor((p+dy)/2), J+floor((q+dx)/2)) with a, b the remainders;
     so the new kernel has 4*C_in inputs, 4*C_out outputs (4o+2p+q, PixelShuffle's order) and side
-    2*(k//4)+1 for k = 9 (5: offsets -2..2). Zero padding matches: padded rows of the small map are
-    exactly the padded rows of the large one.
+    2*((k//2 + 1)//2) + 1 (5 for k = 9: offsets -2..2). Zero padding matches: padded rows of the small
+    map are exactly the padded rows of the large one.
     """
     out_ch, in_ch, k, k2 = weight.shape
     if k != k2 or k % 2 == 0:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from upscaler.backend import ClosingSession
+from upscaler.backend import DEFAULT_BATCH, ClosingSession
 from upscaler.errors import BackendError, OutOfMemory
 from upscaler.export import INPUT_NAME, ONNX_MISSING, OUTPUT_NAME, cached_onnx, default_cache_dir
 from upscaler.precision import resolve_precision
@@ -95,7 +95,7 @@ class OnnxRuntimeSession(ClosingSession):
         available = ort.get_available_providers()
         self.device, self.device_id = resolve_providers(options.device, available)
         # One tile at a time on the CPU (upscaler.backend.preferred_batch says why); a GPU wants batches.
-        self.preferred_batch = 1 if self.device == "cpu" else 4
+        self.preferred_batch = 1 if self.device == "cpu" else DEFAULT_BATCH
         precision = options.precision
         if precision is Precision.BF16:
             raise BackendError(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from upscaler.backend import ClosingSession
+from upscaler.backend import DEFAULT_BATCH, ClosingSession
 from upscaler.errors import BackendError, OutOfMemory
 from upscaler.precision import PrecisionChoice, choose_auto_precision, resolve_precision
 from upscaler.values import Precision
@@ -117,7 +117,7 @@ class TorchSession(ClosingSession):
             torch.set_num_threads(options.threads)
         self.in_channels = model.info.in_channels
         # One tile at a time on the CPU (upscaler.backend.preferred_batch says why); a GPU wants batches.
-        self.preferred_batch = 1 if self.device.type == "cpu" else 4
+        self.preferred_batch = 1 if self.device.type == "cpu" else DEFAULT_BATCH
         # channels_last helps oneDNN and cuDNN convolutions; MPS gains nothing from it.
         self.memory_format = (
             torch.channels_last

@@ -70,12 +70,10 @@ def ship(
     run folder or the checkpoint a stopped stage was continued from; the card lists every stage's
     commands, iterations and wall time, and their sum."""
     stages = [earlier_stage(path) for path in before]
-    cards = sorted(run.glob("*.json"))
-    cards = [card for card in cards if (card.with_suffix(".safetensors")).is_file()]
-    if len(cards) != 1:
-        raise SystemExit(f"{run}: expected one finished run (a .safetensors beside its .json card)")
-    card = json.loads(cards[0].read_text(encoding="utf-8"))
-    state, metadata = read_weights(cards[0].with_suffix(".safetensors"))
+    card_path = finished_card(run)
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    last_stage = _stage(run, card)
+    state, metadata = read_weights(card_path.with_suffix(".safetensors"))
     arch, config = metadata["arch"], json.loads(metadata["config"])
 
     measured: dict[str, dict[str, dict[str, Any]]] = {"fp32": {}, "fp16": {}}
@@ -134,13 +132,7 @@ def ship(
         }
     )
     if stages:
-        last = {
-            "from": str(run),
-            "commands": card.get("commands") or [card.get("command", "")],
-            "iterations": card.get("iterations"),
-            "wall_time_s": card.get("wall_time_s"),
-        }
-        card["stages"] = [*stages, last]
+        card["stages"] = [*stages, last_stage]
         seconds = sum(float(stage["wall_time_s"] or 0) for stage in card["stages"])
         card["wall_time_total_s"] = round(seconds, 1)
         card["iterations_total"] = sum(int(stage["iterations"] or 0) for stage in card["stages"])
@@ -149,21 +141,19 @@ def ship(
     return weights
 
 
+def finished_card(run: Path) -> Path:
+    """The card of the one finished run in `run` (a .json beside its .safetensors); stops otherwise."""
+    cards = [card for card in sorted(run.glob("*.json")) if card.with_suffix(".safetensors").is_file()]
+    if len(cards) != 1:
+        raise SystemExit(f"{run}: expected one finished run (a .safetensors beside its .json card)")
+    return cards[0]
+
+
 def earlier_stage(path: Path) -> dict[str, Any]:
     """Commands, iterations and wall time of an earlier stage: from a finished run folder's card, or from
     the checkpoint (`.pt`) of a stage that was stopped and continued from there."""
     if path.is_dir():
-        cards = [card for card in sorted(path.glob("*.json")) if card.with_suffix(".safetensors").is_file()]
-        if len(cards) != 1:
-            raise SystemExit(f"--before {path}: expected one finished run (a .safetensors beside its card)")
-        card = json.loads(cards[0].read_text(encoding="utf-8"))
-        return {
-            "from": str(path),
-            "commands": card.get("commands") or [card.get("command", "")],
-            "iterations": card["iterations"],
-            "wall_time_s": card["wall_time_s"],
-            "validation_psnr_y": (card.get("validation") or {}).get("psnr_y"),
-        }
+        return _stage(path, json.loads(finished_card(path).read_text(encoding="utf-8")))
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a maintainer's script: say which file and why, and stop
@@ -174,6 +164,16 @@ def earlier_stage(path: Path) -> dict[str, Any]:
         "iterations": checkpoint["iteration"],
         "wall_time_s": round(float(checkpoint["wall_time"]), 1),
         "stopped_at_checkpoint": True,
+    }
+
+
+def _stage(run: Path, card: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "from": str(run),
+        "commands": card.get("commands") or [card.get("command", "")],
+        "iterations": card["iterations"],
+        "wall_time_s": card["wall_time_s"],
+        "validation_psnr_y": (card.get("validation") or {}).get("psnr_y"),
     }
 
 

@@ -3,9 +3,9 @@
 A backend is a cheap object: `name`, `description`, `check()` (why it cannot run here, or None) and
 `open(model, options)` returning a session with `infer(batch)` and `close()`. Batches are NCHW float32
 RGB in [0, 1]; outputs are NCHW float32 with H and W times the model's scale, in an array the core may
-keep and change (not a buffer the next batch reuses). Padding, clamping and
-tiling happen in the core, never in a backend. A session may also say how many tiles per batch it runs
-fastest with (`preferred_batch`, see `preferred_batch`); the core batches that many unless told.
+keep and change (not a buffer the next batch reuses). Padding, clamping and tiling happen in the core,
+never in a backend. A session may also have a `preferred_batch`, the tiles per batch it runs fastest
+with; the core batches that many unless told otherwise (see the function `preferred_batch`).
 
 Built-in backends register through the same entry-point group as third-party ones, so there is one way in.
 """

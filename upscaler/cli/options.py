@@ -42,7 +42,7 @@ class TileSize(click.ParamType):
         return size
 
 
-# The bundled model with the best Set14 PSNR (see `upscale models`): for now the only one bundled.
+# The bundled model with the best Set14 PSNR (see `upscale models`), and the fastest.
 DEFAULT_MODEL = "compact"
 
 # --model as every command that loads a model spells it.

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from upscaler.allocator import MMAP_THRESHOLD
 from upscaler.backend import DEFAULT_BATCH, ClosingSession
 from upscaler.errors import BackendError, OutOfMemory
 from upscaler.precision import PrecisionChoice, choose_auto_precision, resolve_precision
@@ -118,6 +119,9 @@ class TorchSession(ClosingSession):
         self.in_channels = model.info.in_channels
         # One tile at a time on the CPU (upscaler.backend.preferred_batch says why); a GPU wants batches.
         self.preferred_batch = 1 if self.device.type == "cpu" else DEFAULT_BATCH
+        # Activations above malloc's mmap threshold are faulted in afresh on every call (see
+        # upscaler.backend.reused_bytes); the caching allocator of a GPU keeps them all.
+        self.reused_bytes = MMAP_THRESHOLD if self.device.type == "cpu" else 0
         # channels_last helps oneDNN and cuDNN convolutions; MPS gains nothing from it.
         self.memory_format = (
             torch.channels_last

@@ -5,7 +5,8 @@ A backend is a cheap object: `name`, `description`, `check()` (why it cannot run
 RGB in [0, 1]; outputs are NCHW float32 with H and W times the model's scale, in an array the core may
 keep and change (not a buffer the next batch reuses). Padding, clamping and tiling happen in the core,
 never in a backend. A session may also have a `preferred_batch`, the tiles per batch it runs fastest
-with; the core batches that many unless told otherwise (see the function `preferred_batch`).
+with; the core batches that many unless told otherwise (see the function `preferred_batch`); and a
+`reused_bytes`, the largest activation its memory is reused for from call to call (see `reused_bytes`).
 
 Built-in backends register through the same entry-point group as third-party ones, so there is one way in.
 """
@@ -58,6 +59,17 @@ def preferred_batch(session: Session) -> int:
     """
     value = getattr(session, "preferred_batch", None)
     return value if isinstance(value, int) and value >= 1 else DEFAULT_BATCH
+
+
+def reused_bytes(session: Session) -> int:
+    """The largest activation, in bytes, whose memory `session` reuses from one call to the next, or 0
+    where that is not a limit (the default: a runtime that plans its memory, or a GPU's caching
+    allocator). Eager PyTorch on the CPU allocates every activation afresh from malloc, which hands
+    blocks above its mmap threshold back to the kernel on free: the next call faults them in again,
+    zeroed page by page. The tiler keeps activations below this size where that costs less than the
+    faults would (upscaler.tiling.choose_tile_shape)."""
+    value = getattr(session, "reused_bytes", None)
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 @runtime_checkable

@@ -7,7 +7,8 @@ Four measurements, each a plain dataclass in the BenchReport:
 1. `ConvRun`: a plain 64 -> 64 3x3 convolution, channels_last, at the frame size: the practical limit of
    this machine for SR networks (which are mostly such convolutions), per precision.
 2. `BackendRun`: the model on each backend x precision, one whole frame per call: input megapixels/s,
-   GFLOP/s from the model's counted FLOPs (`count_flops`) and the fraction of (1) at the same precision.
+   GFLOP/s from the model's counted FLOPs (`count_flops`) and the fraction of (1) at the same precision,
+   with (1) sampled again before each of the model's timed runs: on a shared host the load moves both.
 3. `VideoRun`: `upscale video`'s own job (plan_video_job / run_video_job) on a generated clip, beside the
    same upscaler on the same decoded frames alone: end-to-end fps, model-only fps, and their ratio.
 4. `QualityRun`: PSNR / SSIM (upscaler.evaluation) of fp32 and bf16 on a benchmark set, and the difference.
@@ -149,7 +150,7 @@ class BackendRun:
     pixels: int  # input pixels of one call
     flops: float  # counted FLOPs of one call
     timing: Timing | None
-    conv_gflops: float | None  # the ConvRun's median at the same precision, for the fraction
+    conv_gflops: float | None  # the reference's median over the samples between this run's calls
     problem: str | None = None
 
     @property
@@ -601,6 +602,63 @@ def write_test_clip(path: Path, width: int, height: int, frames: int, fps: int =
 # ------------------------------------------------------------------------------------------ measuring
 
 
+class ConvProbe:
+    """A channels_last channels -> channels 3x3 convolution (padding 1) on batch x height x width, ready
+    to time: `sample()` is one timed sample, the call repeated for about CONV_SAMPLE_SECONDS."""
+
+    def __init__(
+        self, device: str, precision: Precision, *, width: int, height: int, batch: int = 1,
+        channels: int = CONV_CHANNELS, warmup: int = 1,
+    ) -> None:  # fmt: skip
+        import torch
+        import torch.nn.functional as F
+
+        dtype = {
+            Precision.FP32: torch.float32,
+            Precision.FP16: torch.float16,
+            Precision.BF16: torch.bfloat16,
+        }[precision]
+        self.precision, self.batch, self.height, self.width = precision, batch, height, width
+        self.channels = channels
+        self.flops = 2 * batch * height * width * channels * channels * 9
+        generator = torch.Generator().manual_seed(0)
+        x = torch.rand(batch, channels, height, width, generator=generator)
+        weight = torch.randn(channels, channels, 3, 3, generator=generator) * 0.05
+        x = x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        weight = weight.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        bias = torch.zeros(channels, device=device, dtype=dtype)
+        self._sync = _synchronizer(device)
+
+        def once() -> None:
+            with torch.inference_mode():
+                F.conv2d(x, weight, bias, padding=1)
+
+        self._once = once
+        # A 5 ms call is repeated within one sample, so that it is not measured by the timer's and the
+        # scheduler's noise.
+        probe = time_runs(once, 1, max(warmup, 1), self._sync)
+        self._calls = max(1, math.ceil(CONV_SAMPLE_SECONDS / max(probe.median, 1e-6)))
+        self.samples: list[float] = []  # seconds per call of every sample taken
+
+    def sample(self) -> float:
+        """Time one sample; return (and keep) its seconds per call."""
+
+        def repeated() -> None:
+            for _ in range(self._calls):
+                self._once()
+
+        (seconds,) = time_runs(repeated, 1, 0, self._sync).samples
+        self.samples.append(seconds / self._calls)
+        return self.samples[-1]
+
+    def run(self) -> ConvRun:
+        """Every sample taken so far, as one ConvRun."""
+        timing = Timing(tuple(self.samples)) if self.samples else None
+        return ConvRun(
+            self.precision.value, self.batch, self.height, self.width, self.channels, self.flops, timing
+        )
+
+
 def measure_conv(
     device: str,
     precision: Precision,
@@ -613,38 +671,14 @@ def measure_conv(
     warmup: int = 1,
 ) -> ConvRun:
     """A channels_last channels -> channels 3x3 convolution (padding 1) on batch x height x width."""
-    import torch
-    import torch.nn.functional as F
-
-    dtype = {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}[
-        precision
-    ]
-    flops = 2 * batch * height * width * channels * channels * 9
-    generator = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, channels, height, width, generator=generator)
-    weight = torch.randn(channels, channels, 3, 3, generator=generator) * 0.05
-    x = x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    weight = weight.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    bias = torch.zeros(channels, device=device, dtype=dtype)
-    sync = _synchronizer(device)
-
-    with torch.inference_mode():
-
-        def once() -> None:
-            F.conv2d(x, weight, bias, padding=1)
-
-        # One timed sample repeats the call for about CONV_SAMPLE_SECONDS, so that a 5 ms call is not
-        # measured by the timer's and the scheduler's noise.
-        probe = time_runs(once, 1, max(warmup, 1), sync)
-        calls = max(1, math.ceil(CONV_SAMPLE_SECONDS / max(probe.median, 1e-6)))
-
-        def sample() -> None:
-            for _ in range(calls):
-                once()
-
-        timing = time_runs(sample, repeat, 0, sync)
-    per_call = Timing(tuple(seconds / calls for seconds in timing.samples))
-    return ConvRun(precision.value, batch, height, width, channels, flops, per_call)
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    probe = ConvProbe(
+        device, precision, width=width, height=height, batch=batch, channels=channels, warmup=warmup
+    )
+    for _ in range(repeat):
+        probe.sample()
+    return probe.run()
 
 
 def measure_backend(
@@ -657,8 +691,13 @@ def measure_backend(
     repeat: int,
     warmup: int,
     device: str,
+    reference: ConvProbe | None = None,
 ) -> BackendRun:
-    """One backend x precision: `picture` (1 x C x H x W float32, H and W what the model accepts) per call."""
+    """One backend x precision: `picture` (1 x C x H x W float32, H and W what the model accepts) per call.
+
+    With a `reference`, a sample of that convolution is taken before each timed call, and the run's
+    `conv_gflops` is their median: a busy host slows both alike, so their ratio holds still.
+    """
     precision = options.precision.value
     pixels = picture.shape[2] * picture.shape[3]
     flops = flops_per_pixel * pixels
@@ -671,13 +710,22 @@ def measure_backend(
         session = status.backend.open(loaded, options)
     except UpscaleError as error:
         return replace(run, problem=error.message)
+    paired: list[float] = []
+    samples: list[float] = []
     try:
-        timing = time_runs(lambda: session.infer(picture), repeat, warmup, lambda: None)
+        for _ in range(warmup):
+            session.infer(picture)
+        for _ in range(repeat):
+            if reference is not None:
+                paired.append(reference.sample())
+            (seconds,) = time_runs(lambda: session.infer(picture), 1, 0, lambda: None).samples
+            samples.append(seconds)
     except UpscaleError as error:
         return replace(run, problem=error.message)
     finally:
         session.close()
-    return replace(run, timing=timing)
+    conv_gflops = None if not paired else reference.flops / statistics.median(paired) / 1e9
+    return replace(run, timing=Timing(tuple(samples)), conv_gflops=conv_gflops)
 
 
 def measure_video(
@@ -821,24 +869,23 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> Benc
                 f"the model needs multiples of {info.requirement.multiple_of}"
             )
 
-        conv_runs = []
+        # The reference is sampled again before each timed run of a model (measure_backend), and its
+        # table pools every sample: the host's load moves both together, so the fractions compare like
+        # with like.
+        probes: dict[str, ConvProbe] = {}
+        skipped_conv: dict[str, ConvRun] = {}
         for precision in precisions:
             problem = _precision_problem(precision, device, machine.bf16)
             if problem is not None and precision is not Precision.BF16:
-                conv_runs.append(ConvRun(precision.value, 1, height, width, CONV_CHANNELS, 0, None, problem))
+                skipped_conv[precision.value] = ConvRun(
+                    precision.value, 1, height, width, CONV_CHANNELS, 0, None, problem
+                )
                 continue
             say(f"3x3 conv {CONV_CHANNELS}->{CONV_CHANNELS} {precision.value} at {width}x{height}")
-            conv_runs.append(
-                measure_conv(
-                    device,
-                    precision,
-                    width=width,
-                    height=height,
-                    repeat=settings.repeat,
-                    warmup=settings.warmup,
-                )
-            )
-        conv_rate = {run.precision: run.gflops.median for run in conv_runs if run.gflops is not None}
+            probe = ConvProbe(device, precision, width=width, height=height, warmup=settings.warmup)
+            for _ in range(settings.repeat):
+                probe.sample()
+            probes[precision.value] = probe
 
         rgb = bench_picture(width, height).astype(np.float32) / 255
         picture = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None])
@@ -855,20 +902,21 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> Benc
                 say(f"{status.name} {precision.value}: {settings.model} at {width}x{height}")
                 options = BackendOptions(device=device, precision=precision, threads=settings.threads)
                 backend_runs.append(
-                    replace(
-                        measure_backend(
-                            status,
-                            loaded,
-                            options,
-                            picture,
-                            per_pixel,
-                            repeat=settings.repeat,
-                            warmup=settings.warmup,
-                            device=device,
-                        ),
-                        conv_gflops=conv_rate.get(precision.value),
+                    measure_backend(
+                        status,
+                        loaded,
+                        options,
+                        picture,
+                        per_pixel,
+                        repeat=settings.repeat,
+                        warmup=settings.warmup,
+                        device=device,
+                        reference=probes.get(precision.value),
                     )
                 )
+        conv_runs = [
+            probes[p.value].run() if p.value in probes else skipped_conv[p.value] for p in precisions
+        ]
 
         video = None
         video_options = BackendOptions(

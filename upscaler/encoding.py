@@ -368,7 +368,9 @@ def quantize(rgb: np.ndarray, bits: int, *, in_place: bool = False) -> np.ndarra
     levels = np.clip(rgb, 0.0, 1.0, out=rgb if in_place and rgb.dtype == np.float32 else None)
     levels *= 65535.0 if bits > 8 else 255.0
     levels += 0.5
-    return levels.astype(level_dtype(bits))
+    # Row-major whatever the layout of `rgb` (a transposed view of a C x H x W frame, say): the encoder
+    # reads the levels as rows of pixels.
+    return levels.astype(level_dtype(bits), order="C")
 
 
 class PartWriter:

@@ -9,6 +9,7 @@ no visible seams.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
@@ -26,19 +27,23 @@ K = TypeVar("K")
 SMALLEST_TILE = 32
 
 
-def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[TileRegion]:
+def plan_tiles(
+    height: int, width: int, tile: int, overlap: int, tile_width: int | None = None
+) -> list[TileRegion]:
     """Tiles, row by row, that together own every pixel of a `height` x `width` image exactly once.
 
-    Each tile reads `tile + 2 * overlap` pixels along an axis, or the whole axis when that is shorter,
-    so all tiles have one shape and can be batched; tiles at the image's edges are shifted inward rather
-    than cut short. What a tile owns has at least `overlap` pixels of what it reads on every side that
-    is not the image's border.
+    Each tile reads `tile + 2 * overlap` rows (`tile_width + 2 * overlap` columns; square tiles when
+    `tile_width` is None), or the whole axis when that is shorter, so all tiles have one shape and can
+    be batched; tiles at the image's edges are shifted inward rather than cut short. What a tile owns
+    has at least `overlap` pixels of what it reads on every side that is not the image's border.
     """
     if height < 1 or width < 1:
         raise UpscaleError(f"image size must be positive (got {height}x{width})")
+    tile_width = tile if tile_width is None else tile_width
     _check_tile(tile, overlap)
+    _check_tile(tile_width, overlap)
     rows = _axis_spans(height, tile, overlap)
-    columns = _axis_spans(width, tile, overlap)
+    columns = _axis_spans(width, tile_width, overlap)
     return [
         TileRegion(top, left, bottom, right, own_top, own_left, own_bottom, own_right)
         for top, bottom, own_top, own_bottom in rows
@@ -63,9 +68,17 @@ def _axis_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int, int,
     return spans
 
 
+# Eager PyTorch on the CPU page-faults afresh every activation bigger than glibc's largest mmap threshold
+# (upscaler/allocator.py), on every call. Measured at 1280x720 (compact, fp32, 2 cores): one whole-frame
+# tile took 9.0 s, 15 of its 51 CPU seconds in the kernel; 330-pixel tiles (236 MB activations down to
+# 34 MB) read 1.71 times the pixels in 11.0 s, almost none of it in the kernel: 1.4 times as fast a
+# pixel. So where activations are not reused, a window is counted as this many times its pixels.
+FAULT_COST = 1.4
+
+
 # Cached because a video asks again for every frame, and the search walks every candidate.
 @lru_cache(maxsize=64)
-def choose_tile_size(
+def choose_tile_shape(
     height: int,
     width: int,
     requirement: SizeRequirement,
@@ -73,37 +86,68 @@ def choose_tile_size(
     batch_size: int,
     bytes_per_pixel: int,
     memory_budget: int,
-) -> int:
-    """The largest tile side for a `height` x `width` image whose batches fit `memory_budget` bytes.
+    reuse_pixels: int = 0,
+) -> tuple[int, int]:
+    """The tile (rows, columns owned) for a `height` x `width` image that reads the fewest pixels in all
+    among those whose batches fit `memory_budget` bytes.
 
-    A batch is estimated at `bytes_per_pixel` per input pixel of the padded tiles in it. The tile is a
-    multiple of the model's `multiple_of`, at least 32 (or the whole image, when smaller) even if that
-    does not fit, and no larger than needed to cover the image in one tile. A budget or a per-pixel cost
-    of 0 means no limit.
+    A batch is estimated at `bytes_per_pixel` per input pixel of the padded tiles in it. Windows (what a
+    tile reads) stay within the largest square that fits the budget, so tiles are no longer on a side
+    than a square plan's would be (an engine built for those fits them), unless one covers the
+    image. Where `reuse_pixels` > 0, a window of more pixels than that is counted FAULT_COST times: its
+    activations are faulted in afresh on every call. Ties go to fewer tiles. Tile sides are multiples
+    of the model's `multiple_of`, at least 32 (or the whole image, when smaller) even if that does not
+    fit. A budget or a per-pixel cost of 0 means one tile for the whole image.
     """
     _check_batch(batch_size)
     if overlap < 0:
         raise UpscaleError(f"overlap must be >= 0 (got {overlap})")
     padded_h, padded_w = requirement.padded(height), requirement.padded(width)
-    largest = max(padded_h, padded_w)  # padded sides are multiples of `multiple_of`
     if bytes_per_pixel <= 0 or memory_budget <= 0:
-        return largest
+        return padded_h, padded_w
     step = requirement.multiple_of
-    smallest = min(_round_up(SMALLEST_TILE, step), largest)
+    smallest_h = min(_round_up(SMALLEST_TILE, step), padded_h)
+    smallest_w = min(_round_up(SMALLEST_TILE, step), padded_w)
+    largest_window = math.isqrt(memory_budget // bytes_per_pixel)
 
-    def cost(tile: int) -> int:
-        context = _context(tile, overlap, requirement)
-        rows = _axis_spans(padded_h, tile, context)
-        columns = _axis_spans(padded_w, tile, context)
-        window = (rows[0][1] - rows[0][0]) * (columns[0][1] - columns[0][0])
-        return window * min(batch_size, len(rows) * len(columns)) * bytes_per_pixel
+    best: tuple[float, int, int, int] | None = None
+    for tile_h in _tile_candidates(padded_h, overlap, step, smallest_h):
+        for tile_w in _tile_candidates(padded_w, overlap, step, smallest_w):
+            context = _context(min(tile_h, tile_w), overlap, requirement)
+            rows = _axis_spans(padded_h, tile_h, context)
+            columns = _axis_spans(padded_w, tile_w, context)
+            window_h, window_w = rows[0][1] - rows[0][0], columns[0][1] - columns[0][0]
+            count = len(rows) * len(columns)
+            fits = window_h * window_w * min(batch_size, count) * bytes_per_pixel <= memory_budget and (
+                count == 1 or max(window_h, window_w) <= largest_window
+            )
+            if not fits:
+                continue
+            cost = float(count * window_h * window_w)
+            if 0 < reuse_pixels < window_h * window_w:
+                cost *= FAULT_COST
+            candidate = (cost, count, tile_h, tile_w)
+            if best is None or candidate[:2] < best[:2]:
+                best = candidate
+    return (smallest_h, smallest_w) if best is None else (best[2], best[3])
 
-    # Not a bisection: fewer tiles than the batch size make fewer, larger batches, so the cost can
-    # drop as the tile grows.
-    for tile in range(largest, smallest, -step):
-        if cost(tile) <= memory_budget:
-            return tile
-    return smallest
+
+def _tile_candidates(size: int, overlap: int, step: int, smallest: int) -> list[int]:
+    """Owned tile sides along an axis of `size` padded pixels worth trying: the whole axis, then for each
+    count of tiles the shortest multiple of `step` that needs no more tiles than that, down to `smallest`."""
+    candidates = [size]
+    inner = size - 2 * overlap
+    count = 2
+    while inner > 0:
+        tile = _round_up(-(-inner // count), step)
+        if tile < smallest:
+            break
+        if tile < candidates[-1]:
+            candidates.append(tile)
+        count += 1
+    if candidates[-1] > smallest:
+        candidates.append(smallest)
+    return candidates
 
 
 # The most bytes of frames a stream holds to fill batches across frames: their padded inputs and the
@@ -117,7 +161,8 @@ class Tiler:
 
     `infer` takes an N x C x H x W float32 batch whose H and W the model accepts and returns
     N x C' x H*scale x W*scale, raising `OutOfMemory` when the batch does not fit. `tile=None` picks the
-    largest tile that fits `memory_budget` (see `choose_tile_size`). After running out of memory the
+    tile that reads least among those that fit `memory_budget`, counting windows of more than
+    `reuse_pixels` (where > 0) as slower (see `choose_tile_shape`). After running out of memory the
     frames in hand are retried with batch 1, then with halved tiles down to 32, and the smaller sizes
     are kept for later frames.
 
@@ -137,6 +182,7 @@ class Tiler:
         bytes_per_pixel: int = 0,
         memory_budget: int = 0,
         hold_bytes: int = HOLD_BYTES,
+        reuse_pixels: int = 0,
     ) -> None:
         if scale < 1:
             raise UpscaleError(f"scale must be a positive integer (got {scale})")
@@ -157,11 +203,12 @@ class Tiler:
         self._bytes_per_pixel = bytes_per_pixel
         self._memory_budget = memory_budget
         self._hold_bytes = hold_bytes
+        self._reuse_pixels = reuse_pixels
         self._ceiling: int | None = None  # the largest tile to try again, once one ran out of memory
         self.batch_size = batch_size
-        # The tile side the last frame was upscaled with (at most its padded side); None before the
-        # first frame.
-        self.tile_size: int | None = None
+        # The tile the last frame was upscaled with, (rows, columns) owned (at most its padded sides);
+        # None before the first frame.
+        self.tile_shape: tuple[int, int] | None = None
 
     def upscale(self, image: np.ndarray) -> np.ndarray:
         """Upscale one C x H x W float image in [0, 1] to C' x H*scale x W*scale, clipped to [0, 1]."""
@@ -196,13 +243,19 @@ class Tiler:
         _, height, width = image.shape
         return _pad(np.asarray(image, dtype=np.float32), self._requirement), height, width
 
+    @property
+    def tile_size(self) -> int | None:
+        """The longer side of `tile_shape`."""
+        return None if self.tile_shape is None else max(self.tile_shape)
+
     def _plan(self, key: K, padded: np.ndarray, height: int, width: int) -> _Work[K]:
         """The tiles of one padded frame, with the sizes that currently fit."""
-        largest = max(padded.shape[1:])
+        _, padded_h, padded_w = padded.shape
         if self._tile is None:
-            # The largest tile first, then as many of them per batch as the budget holds: smaller
-            # tiles waste more of their reads on overlap, and batching does not win that back.
-            tile = choose_tile_size(
+            # The tile that reads least for one tile per batch, then as many of them per batch as the
+            # budget holds: smaller tiles waste more of their reads on overlap, and batching does not
+            # win that back.
+            tile_h, tile_w = choose_tile_shape(
                 height,
                 width,
                 self._requirement,
@@ -210,15 +263,17 @@ class Tiler:
                 1,
                 self._bytes_per_pixel,
                 self._memory_budget,
+                self._reuse_pixels,
             )
         else:
-            tile = self._tile
-        # A tile wider than the padded frame reads the same as one exactly as wide; clamping it keeps
+            tile_h = tile_w = self._tile
+        # A tile longer than the padded frame reads the same as one exactly as long; clamping it keeps
         # the halving after running out of memory from retrying identical tiles.
-        tile = min(tile, largest, self._ceiling or largest)
-        context = _context(tile, self._overlap, self._requirement)
-        tiles = plan_tiles(padded.shape[1], padded.shape[2], tile, context)
-        return _Work(key, padded, height, width, tile, context, tiles, self._scale)
+        tile_h = min(tile_h, padded_h, self._ceiling or padded_h)
+        tile_w = min(tile_w, padded_w, self._ceiling or padded_w)
+        context = _context(min(tile_h, tile_w), self._overlap, self._requirement)
+        tiles = plan_tiles(padded_h, padded_w, tile_h, context, tile_width=tile_w)
+        return _Work(key, padded, height, width, (tile_h, tile_w), context, tiles, self._scale)
 
     def _batch_limit(self, work: _Work) -> int:
         """The most tiles per batch, up to `batch_size`, whose estimated memory fits the budget."""
@@ -254,7 +309,7 @@ class Tiler:
         try:
             result = np.asarray(self._infer(batch), dtype=np.float32)
         except OutOfMemory as error:
-            self._shrink(count, held[0].tile, error)
+            self._shrink(count, max(held[0].tile), error)
             for index, work in enumerate(held):
                 held[index] = self._plan(work.key, work.padded, work.height, work.width)
             return
@@ -272,7 +327,7 @@ class Tiler:
             first += len(regions)
         while held and held[0].finished:
             work = held.popleft()
-            self.tile_size = work.tile
+            self.tile_shape = work.tile
             yield work.key, work.output()
 
     def _shrink(self, count: int, tile: int, error: OutOfMemory) -> None:
@@ -305,7 +360,7 @@ class _Work(Generic[K]):
         padded: np.ndarray,
         height: int,
         width: int,
-        tile: int,
+        tile: tuple[int, int],
         context: int,
         tiles: list[TileRegion],
         scale: int,
@@ -317,8 +372,17 @@ class _Work(Generic[K]):
         self._output: np.ndarray | None = None  # allocated at the first stitch: C' is known only then
         self._total: np.ndarray | None = None
         _, padded_h, padded_w = padded.shape
-        # What holding it costs: its padded input, and C' + 1 output planes (assumed C' = C) once begun.
-        self.nbytes = padded.nbytes + (padded.shape[0] + 1) * padded_h * padded_w * scale * scale * 4
+        # Where the ramps of each axis add up to 1 at every output pixel (they do unless a tile owns
+        # less than the overlap), every pixel's weights add up to 1 and no plane of their sums is kept:
+        # 59 MB at 720p x4.
+        rows = {(t.top, t.bottom, t.own_top, t.own_bottom) for t in tiles}
+        columns = {(t.left, t.right, t.own_left, t.own_right) for t in tiles}
+        self._weighed = not (
+            _sums_to_one(rows, padded_h, context, scale) and _sums_to_one(columns, padded_w, context, scale)
+        )
+        # What holding it costs: its padded input, and C' (+ 1) output planes (assumed C' = C) once begun.
+        planes = padded.shape[0] + int(self._weighed)
+        self.nbytes = padded.nbytes + planes * padded_h * padded_w * scale * scale * 4
 
     @property
     def waiting(self) -> int:
@@ -342,8 +406,8 @@ class _Work(Generic[K]):
             return
         if self._output is None:
             self._output = np.zeros((outputs.shape[1], height * scale, width * scale), dtype=np.float32)
-            self._total = np.zeros((height * scale, width * scale), dtype=np.float32)
-        assert self._total is not None
+            if self._weighed:
+                self._total = np.zeros((height * scale, width * scale), dtype=np.float32)
         context = self.context
         for region, tile_output in zip(regions, outputs, strict=True):
             weight = np.outer(
@@ -352,8 +416,10 @@ class _Work(Generic[K]):
             )
             rows = slice(region.top * scale, region.bottom * scale)
             columns = slice(region.left * scale, region.right * scale)
-            self._output[:, rows, columns] += tile_output * weight
-            self._total[rows, columns] += weight
+            tile_output *= weight  # the backend's new array, which nobody else reads
+            self._output[:, rows, columns] += tile_output
+            if self._total is not None:
+                self._total[rows, columns] += weight
         self.done += len(regions)
 
     def output(self) -> np.ndarray:
@@ -404,6 +470,15 @@ def _ramp(
             ramp = np.clip(0.5 + inside / (2 * half), 0.0, 1.0) if half else (inside > 0).astype(float)
             weight = np.minimum(weight, ramp)
     return weight.astype(np.float32)
+
+
+def _sums_to_one(spans: set[tuple[int, int, int, int]], size: int, overlap: int, scale: int) -> bool:
+    """Whether the ramps of (start, end, own_start, own_end) `spans` along an axis of `size` input pixels
+    add up to 1 at every output pixel (within float32's rounding)."""
+    total = np.zeros(size * scale)
+    for start, end, own_start, own_end in spans:
+        total[start * scale : end * scale] += _ramp(start, end, own_start, own_end, size, overlap, scale)
+    return bool(np.all(np.abs(total - 1.0) <= 1e-6))
 
 
 def _pad(image: np.ndarray, requirement: SizeRequirement) -> np.ndarray:

@@ -86,7 +86,8 @@ K = TypeVar("K")
 class UpscaleStream(Protocol):
     """An upscaler that takes frames as a stream, to batch tiles of consecutive frames together
     (`upscaler.upscaling.Upscaler`): (key, H x W x 3 float32) pairs in, (key, upscaled) pairs out, one
-    per frame and in order. Each upscaled frame is a new array that the job may overwrite."""
+    per frame and in order. Each upscaled frame is a new array (or a view of one, in any memory layout)
+    that the job may overwrite."""
 
     def upscale_stream(self, frames: Iterable[tuple[K, np.ndarray]]) -> Iterator[tuple[K, np.ndarray]]: ...
 
@@ -965,9 +966,15 @@ def _upscale_frames(
 ) -> Iterator[_Upscaled]:
     """The infer stage with batches across frames: the same frames out as `_upscale_frame` gives."""
     for frame, rgb in upscale.upscale_stream((frame, frame.rgb) for frame in frames):
-        # The model already ran; upscale_picture checks its output's size and resizes to --outscale
-        # exactly as it does for a frame upscaled alone (a video frame has no alpha to upscale).
-        # `rgb` is the Upscaler's new output frame: quantized in place (177 MB less at 720p x4).
+        # `rgb` is the Upscaler's new output frame (maybe a transposed view of it), quantized in place:
+        # no float copy of it is made (177 MB each at 720p x4) where no --outscale resize follows.
+        height, width = frame.rgb.shape[:2]
+        if plan.outscale in (None, plan.scale) and rgb.shape == (height * plan.scale, width * plan.scale, 3):
+            levels = quantize(rgb, plan.encoding.bit_depth, in_place=True)
+            yield _Upscaled(frame.pts, frame.key_frame, levels)
+            continue
+        # Otherwise upscale_picture checks the output's size and resizes to --outscale exactly as it
+        # does for a frame upscaled alone (a video frame has no alpha to upscale).
         yield _upscale_frame(frame, lambda _, done=rgb: done, plan, owned=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,17 @@ def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
         "--set", "train.checkpoint_every=2",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    # Its own process group, killed whole on a timeout: torchrun's workers would otherwise outlive it.
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        stdout, stderr = child.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        raise
+    result = subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -120,11 +121,15 @@ def test_tiny_bench_report(tmp_path: Path) -> None:
     assert not report.random_weights
     assert report.flops_per_pixel > 0
     (conv,) = report.conv
-    assert conv.precision == "fp32" and len(conv.timing.samples) == 2 and conv.gflops.median > 0
+    # Two samples of its own, then one before each of the model's two timed runs: all pooled.
+    assert conv.precision == "fp32" and len(conv.timing.samples) == 4 and conv.gflops.median > 0
     (run,) = report.backends
     assert (run.backend, run.precision, run.problem) == ("torch", "fp32", None)
     assert run.pixels == 16 * 12 and run.megapixels.median > 0 and run.gflops.median > 0
-    assert run.conv_fraction > 0
+    # The model's fraction is of the samples taken between its own runs.
+    paired = statistics.median(conv.timing.samples[2:])
+    assert run.conv_gflops == pytest.approx(conv.flops / paired / 1e9)
+    assert run.conv_fraction == pytest.approx(run.gflops.median / run.conv_gflops)
     video = report.video
     assert video.problem is None and video.frames == 2 and (video.width, video.height) == (16, 12)
     assert video.job_fps.median > 0 and video.model_fps.median > 0 and video.efficiency > 0

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from upscaler.errors import BackendError, OutOfMemory, UpscaleError
-from upscaler.tiling import Tiler, choose_tile_size, plan_tiles, upscale_tiled
+from upscaler.tiling import Tiler, _context, _Work, choose_tile_shape, plan_tiles, upscale_tiled
 from upscaler.values import SizeRequirement
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -231,20 +231,22 @@ def test_after_out_of_memory_auto_tiles_grow_no_larger_on_later_frames():
             raise OutOfMemory("CUDA out of memory")
         return nearest(1)(batch)
 
-    # The budget holds one 200x200 window (tile 184 + 2 * 8), which the device then refuses.
+    # The budget holds a 200x200 window; the plan that reads least in it is 2 x 2 tiles of 144 (160x160
+    # windows), which the device then refuses: halved to 72, and kept.
     budget = 200 * 200 * 4
     tiler = Tiler(windows_up_to_120, 1, SizeRequirement(4), None, 8, 4, 4, budget)
     tiler.upscale(random_image(300, 300))
-    assert tiler.tile_size == 92
+    assert tiler.tile_shape == (72, 72)
     tiler.upscale(random_image(300, 300, seed=1))
-    assert tiler.tile_size == 92
+    assert tiler.tile_shape == (72, 72)
 
 
-def test_auto_tiles_take_the_largest_tile_that_fits_one_at_a_time():
-    # One window of tile 284 + 2 * 8 fits; batching four smaller tiles would waste more on overlap.
+def test_auto_tiles_read_least_then_batch_what_the_budget_holds():
+    # A 300x300 window fits, but three of them per axis (tile 284) read 810k pixels; three of 196 + 2 * 8
+    # read 404k. Two of those windows fit the budget at once, so they run in twos.
     shapes = batch_shapes(random_image(600, 600), None, bytes_per_pixel=1, memory_budget=300 * 300)
-    assert {shape[2:] for shape in shapes} == {(300, 300)}
-    assert {shape[0] for shape in shapes} == {1}
+    assert {shape[2:] for shape in shapes} == {(212, 212)}
+    assert [shape[0] for shape in shapes] == [2, 2, 2, 2, 1]
 
 
 @pytest.mark.parametrize(("shape", "smallest"), [((200, 150), 32), ((20, 18), 20)])
@@ -270,36 +272,58 @@ def batch_shapes(image: np.ndarray, tile: int | None, **options) -> list[tuple[i
     return shapes
 
 
+def _reads(height: int, width: int, tile: tuple[int, int], overlap: int, requirement: SizeRequirement):
+    """(pixels read by all tiles, tiles, window pixels) of a plan, as the tiler makes it."""
+    context = _context(min(tile), overlap, requirement)
+    tiles = plan_tiles(requirement.padded(height), requirement.padded(width), tile[0], context, tile[1])
+    return sum(t.height * t.width for t in tiles), len(tiles), tiles[0].height * tiles[0].width
+
+
 @pytest.mark.parametrize("budget", [40_000, 500_000, 3_000_000, 20_000_000])
-def test_auto_tile_size_is_the_largest_that_fits_the_budget(budget):
-    image, bytes_per_pixel = random_image(300, 460), 12
+def test_auto_tile_fits_the_budget_and_reads_least(budget):
+    image, bytes_per_pixel, requirement = random_image(300, 460), 12, SizeRequirement(4)
+    tile = choose_tile_shape(300, 460, requirement, 8, 1, bytes_per_pixel, budget)
+    assert all(side % 4 == 0 for side in tile) and min(tile) >= 32 and tile <= (300, 460)
+    reads, _, _ = _reads(300, 460, tile, 8, requirement)
+    shapes = batch_shapes(image, None, bytes_per_pixel=bytes_per_pixel, memory_budget=budget)
+    assert max(n * h * w * bytes_per_pixel for n, _, h, w in shapes) <= budget
+    # No tile shape that fits (one tile per batch, sides within the budget's square unless it is one
+    # tile for the whole image) reads fewer pixels.
+    square = int((budget // bytes_per_pixel) ** 0.5)
+    for rows in range(32, 301, 4):
+        for columns in range(32, 461, 4):
+            other, count, window = _reads(300, 460, (rows, columns), 8, requirement)
+            context = _context(min(rows, columns), 8, requirement)
+            longest = max(min(rows + 2 * context, 300), min(columns + 2 * context, 460))
+            if window * bytes_per_pixel <= budget and (count == 1 or longest <= square):
+                assert other >= reads, ((rows, columns), other, tile, reads)
 
-    def largest_batch(tile: int | None) -> int:
-        shapes = batch_shapes(image, tile, bytes_per_pixel=bytes_per_pixel, memory_budget=budget)
-        return max(n * h * w * bytes_per_pixel for n, _, h, w in shapes)
 
-    tile = choose_tile_size(300, 460, SizeRequirement(4), 8, 4, bytes_per_pixel, budget)
-    assert tile % 4 == 0 and 32 <= tile <= 460
-    if tile > 32:  # below 32 the budget is not met, by design
-        assert largest_batch(None) <= budget
-    for larger in (tile + 4, 460):  # the next candidate, and one tile for the whole image
-        if tile < larger <= 460:
-            assert largest_batch(larger) > budget
-
-
-def test_auto_tile_size_prefers_one_large_tile_to_a_full_batch_of_smaller_ones():
+def test_auto_tile_prefers_one_large_tile_to_a_full_batch_of_smaller_ones():
     # Four 166x166 windows fit, and so does one 300x300 window, which needs no blending at all.
-    assert choose_tile_size(300, 300, SizeRequirement(), 8, 4, 1, 4 * 166 * 166) == 300
+    assert choose_tile_shape(300, 300, SizeRequirement(), 8, 4, 1, 4 * 166 * 166) == (300, 300)
 
 
-def test_auto_tile_size_without_a_budget_runs_the_image_in_one_tile():
+def test_auto_tile_counts_windows_past_reuse_pixels_as_slower():
+    # 1280x720 with compact's figures: one tile fits the budget, but its activations would be
+    # faulted in on every call; tiles that keep them reused read 15% more and win.
+    requirement = SizeRequirement()
+    assert choose_tile_shape(720, 1280, requirement, 16, 1, 1100, 1024**3) == (720, 1280)
+    tile = choose_tile_shape(720, 1280, requirement, 16, 1, 1100, 1024**3, reuse_pixels=122_000)
+    reads, count, window = _reads(720, 1280, tile, 16, requirement)
+    assert count > 1 and window <= 122_000 and reads < 1.4 * 720 * 1280
+    # Where every tile would have to be tiny, one penalised whole frame still reads least.
+    assert choose_tile_shape(180, 320, requirement, 32, 1, 9344, 1024**3, reuse_pixels=14_300) == (180, 320)
+
+
+def test_auto_tile_without_a_budget_runs_the_image_in_one_tile():
     assert batch_shapes(random_image(301, 199), None) == [(1, 3, 304, 200)]
-    assert choose_tile_size(301, 199, SizeRequirement(4), 8, 4, 0, 0) == 304
+    assert choose_tile_shape(301, 199, SizeRequirement(4), 8, 4, 0, 0) == (304, 200)
 
 
-def test_auto_tile_size_is_no_smaller_than_32_or_the_image():
-    assert choose_tile_size(500, 500, SizeRequirement(4), 8, 4, 12, 1) == 32
-    assert choose_tile_size(10, 9, SizeRequirement(4), 8, 4, 12, 1) == 12
+def test_auto_tile_is_no_smaller_than_32_or_the_image():
+    assert choose_tile_shape(500, 500, SizeRequirement(4), 8, 4, 12, 1) == (32, 32)
+    assert choose_tile_shape(10, 9, SizeRequirement(4), 8, 4, 12, 1) == (12, 12)
 
 
 @pytest.mark.parametrize(
@@ -490,3 +514,14 @@ def test_a_model_changing_its_channels_between_batches_of_one_frame_is_a_backend
     tiler = Tiler(fickle, 2, SizeRequirement(), tile=16, overlap=4, batch_size=1)
     with pytest.raises(BackendError, match="same C for every batch"):
         tiler.upscale(random_image(40, 40))
+
+
+@pytest.mark.parametrize(("tile", "overlap", "weighed"), [(32, 8, False), (16, 32, True)])
+def test_weights_are_summed_only_where_the_ramps_do_not_add_up_to_one(tile, overlap, weighed):
+    # Ramps add up to 1 across each boundary unless a tile owns less than the overlap; only then is a
+    # plane of weight sums kept and divided by. Both give the model's untiled output.
+    image = random_image(100, 90)
+    work = _Work(0, image, 100, 90, (tile, tile), overlap, plan_tiles(100, 90, tile, overlap), 2)
+    assert work._weighed is weighed
+    tiler = Tiler(nearest(2), 2, SizeRequirement(), tile=tile, overlap=overlap, batch_size=3)
+    np.testing.assert_allclose(tiler.upscale(image), upscale_nearest(image, 2), rtol=0, atol=1e-6)

@@ -70,7 +70,9 @@ def test_a_stream_of_frames_gives_what_each_frame_alone_gives(
     assert [key for key, _ in streamed] == [f"frame {n}" for n in range(7)]
     # PyTorch's CPU convolutions may round a batch of 4 differently from a batch of 1 (by ~1e-7).
     for (_, output), expected in zip(streamed, alone, strict=True):
-        assert output.shape == (size[0] * 4, size[1] * 4, 3) and output.flags.c_contiguous
+        # An H x W x C view of the C x H x W output, which the caller may change in place.
+        assert output.shape == (size[0] * 4, size[1] * 4, 3) and output.flags.writeable
+        assert output.transpose(2, 0, 1).flags.c_contiguous
         np.testing.assert_allclose(output, expected, rtol=0, atol=1e-6)
     assert max(batches) == batch_size and batches.count(batch_size) >= len(batches) - 1
 

@@ -59,10 +59,11 @@ def bench(run: ModelRun, size, repeat, warmup, frames, no_video, eval_data, as_j
 
     A plain 64->64 3x3 convolution (the practical limit here); the model on every available backend and
     precision (input megapixels/s, GFLOP/s from its counted FLOPs, and the fraction of the convolution's
-    rate); `upscale video` end to end on a generated clip beside the model alone on the same frames; and,
-    with a benchmark set, the PSNR of bf16 against fp32. --backend and --precision narrow the backends
-    and precisions measured (by default all that run here); the video and PSNR measurements use them
-    as `upscale video` would (auto, fp32 unless given). Medians of --repeat runs, with min-max.
+    rate, the convolution timed again between the model's runs); `upscale video` end to end on a
+    generated clip beside the model alone on the same frames; and, with a benchmark set, the PSNR of
+    bf16 against fp32. --backend and --precision narrow the backends and precisions measured (by
+    default all that run here); the video and PSNR measurements use them as `upscale video` would
+    (auto, fp32 unless given). Medians of --repeat runs, with min-max.
     """
     from upscaler.bench import SHARED_SET5, BenchSettings, run_bench
 

@@ -87,10 +87,14 @@ _BASE_OPTIONS = {
 PART_SUFFIX = ".nut"
 FIRST_PTS_KEY = "upscale_first_pts"
 _PART_FORMAT = "nut"
-# Threads each part's encoder may use; 0 lets FFmpeg (and x264, x265, SVT-AV1 their own pools) use one
-# per core. To measure on a machine with a GPU: with a CPU-bound encoder (x265, AV1) the encode queue
-# fills up; with a CPU backend, encoder threads compete with inference for the same cores.
-ENCODER_THREADS = 0
+# Threads each part's encoder may use: one per core this process may run on. FFmpeg's own choice (0)
+# lets x264 take half as many again (3 frame threads on 2 cores), and each frame thread holds frames: at
+# 5120x2880 (`medium`, look-ahead 12) x264 alone peaked at 1737 MiB with 3 threads, 1518 with 2, 1302
+# with 1 (benchmarks/encoder_memory.py). Fewer than one per core is slower with a CPU backend: a lone
+# encoder thread stalls one of the model's threads at a time, and the other waits for it (320x180 x4
+# with compact: 80% of the model's fps end to end against 89% with x264's own threads). To measure on a
+# machine with a GPU: with a CPU-bound encoder (x265, AV1) the encode queue fills up.
+ENCODER_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
 _DEEP_FORMATS = ("yuv420p10le", "yuv422p10le", "yuv444p10le", "yuv420p12le", "yuv420p16le", "p010le")
 
 
@@ -289,10 +293,14 @@ def _try_open(encoding: Encoding, source: VideoInfo) -> None:
 
 # x264 holds its whole look-ahead in memory, about 3 bytes per pixel per frame (measured at 5120x2880:
 # 44 MB a frame; `medium`'s 40 frames took the encoder alone to 2.9 GB). Above this many bytes the default
-# look-ahead is shortened, never below X264_SHORTEST_LOOKAHEAD (veryfast's), unless the user set it.
-X264_LOOKAHEAD_BYTES = 512 * 1024**2
+# look-ahead is shortened, never below X264_SHORTEST_LOOKAHEAD, unless the user set it: `medium`'s 40
+# up to 1080p, 24 at 1440p, 10 at 4K, 6 at 5K: x264 alone then stays near 1.2 GB at 5K, so that the
+# whole of `upscale video` 720p x4 fits 2 GiB. The look-ahead feeds mb-tree, which moves bits towards
+# frames that others reference; at 5120x2880 (`medium`, crf 18, 18 frames of a real clip, upscaled) 5
+# frames gave a file 1% smaller than 12 at the same CRF (sizes only: quality not compared).
+X264_LOOKAHEAD_BYTES = 256 * 1024**2
 X264_BYTES_PER_PIXEL = 3
-X264_SHORTEST_LOOKAHEAD = 10
+X264_SHORTEST_LOOKAHEAD = 5
 _X264_LOOKAHEAD = dict(zip(_X26X_PRESETS, (0, 0, 10, 20, 30, 40, 50, 60, 60, 60), strict=True))
 
 
@@ -416,9 +424,9 @@ class PartWriter:
                 # H.264's 'left' and move the colours a quarter pixel (1-2 levels on a steep gradient).
                 options.setdefault("chroma_sample_location", "center")
             context.options = options
-            # The encoder's own threads, so encoding keeps up with upscaling: as many as FFmpeg sees
-            # cores (ENCODER_THREADS), frame threads where the encoder has them. PyAV's default is
-            # slice threads, which x264 turns into sliced encoding: slower per thread and larger files.
+            # The encoder's own threads, so encoding keeps up with upscaling: one per core
+            # (ENCODER_THREADS), frame threads where the encoder has them. PyAV's default is slice
+            # threads, which x264 turns into sliced encoding: slower per thread and larger files.
             context.thread_count = ENCODER_THREADS
             context.thread_type = "AUTO"
             self._stream = stream

@@ -107,13 +107,15 @@ DEFAULT_PART_FRAMES = 250
 # decode thread; the encode queue holds the encoder's levels (uint8, or uint16 above 8 bits), quantized
 # on the upscaling thread, where one pass over the frame is cheap next to the model and saves 3/4 of the
 # bytes of the largest frames in the job (720p x4 is 44 MB a frame in uint8, 177 MB in float32). Each
-# queue is also capped in bytes (`_queue_depth`): a 4K frame as decoded is 100 MB. Depths not measured
-# yet (the machine was busy): to tune, run `upscale video` on a GPU while sampling both queues' fill
+# queue is also capped in bytes (`_queue_depth`): a 4K frame as decoded is 100 MB, and where frames are
+# that large each one takes long enough to upscale that two waiting absorb any jitter (at 720p x4 on
+# the CPU a frame takes seconds; the cap of 64 MiB keeps the encode queue at two 44 MB frames, not four).
+# Depths not measured on a GPU: to tune, run `upscale video` there while sampling both queues' fill
 # (Pipe.qsize): a decode queue often empty means decoding stalls inference (deeper, or more decoder
 # threads), an encode queue often full means encoding does.
 DECODE_QUEUE_FRAMES = 8
 ENCODE_QUEUE_FRAMES = 4
-QUEUE_BYTES = 512 * 1024**2
+QUEUE_BYTES = 64 * 1024**2
 # Below two frames, one slow frame on either side stalls upscaling; worth it even for the largest frames.
 _SMALLEST_QUEUE = 2
 

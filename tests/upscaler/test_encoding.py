@@ -231,20 +231,23 @@ def test_libx264rgb_takes_crf_and_preset(cfr: VideoInfo) -> None:
 def test_x264_lookahead_is_bounded_for_large_frames(tmp_path: Path, cfr: VideoInfo) -> None:
     medium = resolve_encoding(tmp_path / "o.mp4", cfr, EncodeSettings())
     bounded, note = bound_lookahead(medium, 5120, 2880)
-    # 512 MiB at 3 bytes a pixel: 12 frames of 5120x2880 instead of medium's 40
-    assert bounded.options["rc-lookahead"] == "12" and medium.options.get("rc-lookahead") is None
+    # 256 MiB at 3 bytes a pixel: 6 frames of 5120x2880 instead of medium's 40
+    assert bounded.options["rc-lookahead"] == "6" and medium.options.get("rc-lookahead") is None
     assert note is not None and "not preset medium's 40" in note and "rc-lookahead=N" in note
-    assert "rc-lookahead=12" in bounded.describe()
+    assert "rc-lookahead=6" in bounded.describe()
     # frames small enough, presets that look ahead less, a user's choice and other encoders: unchanged
     assert bound_lookahead(medium, 1920, 1080) == (medium, None)
+    superfast = resolve_encoding(tmp_path / "o.mp4", cfr, EncodeSettings(preset="superfast"))
+    assert bound_lookahead(superfast, 7680, 4320) == (superfast, None)
+    # never below 5 frames, however large the frame
     veryfast = resolve_encoding(tmp_path / "o.mp4", cfr, EncodeSettings(preset="veryfast"))
-    assert bound_lookahead(veryfast, 7680, 4320) == (veryfast, None)
+    assert bound_lookahead(veryfast, 7680, 4320)[0].options["rc-lookahead"] == "5"
     chosen = resolve_encoding(tmp_path / "o.mp4", cfr, EncodeSettings(options=(("rc-lookahead", "50"),)))
     assert bound_lookahead(chosen, 5120, 2880) == (chosen, None)
     vp9 = resolve_encoding(tmp_path / "o.webm", cfr, EncodeSettings())
     assert bound_lookahead(vp9, 5120, 2880) == (vp9, None)
     # x264 takes the option: a part encodes with it
     huge, _ = bound_lookahead(medium, 9000, 9000)
-    assert huge.options["rc-lookahead"] == "10"
+    assert huge.options["rc-lookahead"] == "5"
     write_part(tmp_path / "p.nut", cfr, huge, list(decode_frames(cfr))[:2])
     assert probe_video(tmp_path / "p.nut").width == cfr.width

@@ -177,8 +177,9 @@ def test_a_failing_batch_across_frames_names_its_first_frame(tmp_path: Path) -> 
     ("size", "upscaled", "depths"),
     [
         ((64, 48), (128, 96), (video_job.DECODE_QUEUE_FRAMES, video_job.ENCODE_QUEUE_FRAMES)),
-        ((3840, 2160), (7680, 4320), (5, 2)),  # 4K in (100 MB a frame), 8K out (400 MB)
-        ((1920, 1080), (7680, 4320), (video_job.DECODE_QUEUE_FRAMES, 2)),
+        ((3840, 2160), (7680, 4320), (2, 2)),  # 4K in (100 MB a frame), 8K out (400 MB)
+        ((1280, 720), (5120, 2880), (6, 2)),  # 720p in (11 MB), 5K out (177 MB)
+        ((640, 360), (2560, 1440), (video_job.DECODE_QUEUE_FRAMES, 2)),
         ((7680, 4320), (30720, 17280), (2, 2)),  # never below two frames
     ],
 )
@@ -292,8 +293,8 @@ def test_interlaced_input_without_deinterlace_is_warned_about(tmp_path: Path) ->
     source = shared_data("video", "fixture-raw.mts")
     # 1920x1080 x2: also x264's look-ahead, shortened at 3840x2160 (a warning of its own)
     lookahead = (
-        "libx264 looks ahead 21 frames, not preset medium's 40: at 3840x2160 that keeps its look-ahead "
-        "near 512 MiB (--encoder-option rc-lookahead=N to choose)"
+        "libx264 looks ahead 10 frames, not preset medium's 40: at 3840x2160 that keeps its look-ahead "
+        "near 256 MiB (--encoder-option rc-lookahead=N to choose)"
     )
     warned = plan(source, tmp_path / "out.mkv").warnings
     assert warned == (

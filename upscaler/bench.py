@@ -659,28 +659,6 @@ class ConvProbe:
         )
 
 
-def measure_conv(
-    device: str,
-    precision: Precision,
-    *,
-    width: int,
-    height: int,
-    batch: int = 1,
-    channels: int = CONV_CHANNELS,
-    repeat: int = 5,
-    warmup: int = 1,
-) -> ConvRun:
-    """A channels_last channels -> channels 3x3 convolution (padding 1) on batch x height x width."""
-    if repeat < 1:
-        raise ValueError(f"repeat must be at least 1, got {repeat}")
-    probe = ConvProbe(
-        device, precision, width=width, height=height, batch=batch, channels=channels, warmup=warmup
-    )
-    for _ in range(repeat):
-        probe.sample()
-    return probe.run()
-
-
 def measure_backend(
     status: Any,
     loaded: Any,

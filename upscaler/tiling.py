@@ -110,14 +110,25 @@ def choose_tile_shape(
     smallest_w = min(_round_up(SMALLEST_TILE, step), padded_w)
     largest_window = math.isqrt(memory_budget // bytes_per_pixel)
 
+    # (tiles, window) along an axis, by (size, tile, context): the pairs below ask for each many times.
+    spans: dict[tuple[int, int, int], tuple[int, int]] = {}
+
+    def along(size: int, tile: int, context: int) -> tuple[int, int]:
+        key = (size, tile, context)
+        if key not in spans:
+            found = _axis_spans(size, tile, context)
+            spans[key] = (len(found), found[0][1] - found[0][0])
+        return spans[key]
+
     best: tuple[float, int, int, int] | None = None
     for tile_h in _tile_candidates(padded_h, overlap, step, smallest_h):
         for tile_w in _tile_candidates(padded_w, overlap, step, smallest_w):
             context = _context(min(tile_h, tile_w), overlap, requirement)
-            rows = _axis_spans(padded_h, tile_h, context)
-            columns = _axis_spans(padded_w, tile_w, context)
-            window_h, window_w = rows[0][1] - rows[0][0], columns[0][1] - columns[0][0]
-            count = len(rows) * len(columns)
+            (rows, window_h), (columns, window_w) = (
+                along(padded_h, tile_h, context),
+                along(padded_w, tile_w, context),
+            )
+            count = rows * columns
             fits = window_h * window_w * min(batch_size, count) * bytes_per_pixel <= memory_budget and (
                 count == 1 or max(window_h, window_w) <= largest_window
             )

@@ -10,6 +10,7 @@ import av
 import numpy as np
 import pytest
 
+import upscaler.encoding as encoding_module
 from tests.conftest import shared_data
 from tests.upscaler import video_clips as clips
 from upscaler.encoding import (
@@ -251,3 +252,18 @@ def test_x264_lookahead_is_bounded_for_large_frames(tmp_path: Path, cfr: VideoIn
     assert huge.options["rc-lookahead"] == "5"
     write_part(tmp_path / "p.nut", cfr, huge, list(decode_frames(cfr))[:2])
     assert probe_video(tmp_path / "p.nut").width == cfr.width
+
+
+@pytest.mark.parametrize("given", [None, "1"])
+def test_x264_runs_one_thread_per_core_unless_told(
+    tmp_path: Path, cfr: VideoInfo, given: str | None, monkeypatch
+) -> None:
+    # As on a 2-core machine, whatever this one has. x264 writes its settings into the stream (an SEI
+    # message), threads=N among them; FFmpeg's own choice would be 3 here.
+    monkeypatch.setattr(encoding_module, "ENCODER_THREADS", 2)
+    options = () if given is None else (("threads", given),)
+    encoding = resolve_encoding(tmp_path / "o.mp4", cfr, EncodeSettings(preset="ultrafast", options=options))
+    write_part(tmp_path / "p.nut", cfr, encoding, list(decode_frames(cfr))[:2])
+    settings = (tmp_path / "p.nut").read_bytes().split(b"options: ", 1)[1].split(b"\x00", 1)[0].split()
+    expected = given or "2"
+    assert f"threads={expected}".encode() in settings

@@ -103,11 +103,12 @@ DEFAULT_PART_FRAMES = 250
 # How many frames wait between decoding and upscaling, and between upscaling and encoding. Decoding and
 # encoding run on their own threads, so a queue only has to absorb their jitter (a slow keyframe, a part
 # being closed and the next opened) and, before upscaling, the burst of frames a batch across frames
-# takes at once; deeper queues only cost memory. The decode queue holds float32 RGB, converted on the
-# decode thread; the encode queue holds the encoder's levels (uint8, or uint16 above 8 bits), quantized
-# on the upscaling thread, where one pass over the frame is cheap next to the model and saves 3/4 of the
-# bytes of the largest frames in the job (720p x4 is 44 MB a frame in uint8, 177 MB in float32). Each
-# queue is also capped in bytes (`_queue_depth`): a 4K frame as decoded is 100 MB, and where frames are
+# takes at once; deeper queues only cost memory. Both queues hold levels (uint8, or uint16 above 8
+# bits), not float32: the decode queue the source's as decoded, turned into floats on the upscaling
+# thread; the encode queue the encoder's, quantized there, where one pass over the frame is cheap next to
+# the model and saves 3/4 of the bytes of the largest frames in the job (720p x4 is 44 MB a frame in
+# uint8, 177 MB in float32). Each queue is also capped in bytes (`_queue_depth`): a 4K frame as decoded
+# is 25 MB (100 MB in float32), and where frames are
 # that large each one takes long enough to upscale that two waiting absorb any jitter (at 720p x4 on
 # the CPU a frame takes seconds; the cap of 64 MiB keeps the encode queue at two 44 MB frames, not four).
 # Depths not measured on a GPU: to tune, run `upscale video` there while sampling both queues' fill
@@ -944,7 +945,7 @@ def _infer_stage(
 
 
 def _queue_sizes(plan: VideoPlan) -> tuple[int, int]:
-    decoded = plan.source.width * plan.source.height * 3 * 4
+    decoded = plan.source.width * plan.source.height * 3 * (2 if plan.source.bit_depth > 8 else 1)
     upscaled = plan.width * plan.height * 3 * np.dtype(level_dtype(plan.encoding.bit_depth)).itemsize
     return _queue_depth(DECODE_QUEUE_FRAMES, decoded), _queue_depth(ENCODE_QUEUE_FRAMES, upscaled)
 
@@ -970,7 +971,7 @@ def _upscale_frames(
     for frame, rgb in upscale.upscale_stream((frame, frame.rgb) for frame in frames):
         # `rgb` is the Upscaler's new output frame (maybe a transposed view of it), quantized in place:
         # no float copy of it is made (177 MB each at 720p x4) where no --outscale resize follows.
-        height, width = frame.rgb.shape[:2]
+        height, width = frame.levels.shape[:2]
         if plan.outscale in (None, plan.scale) and rgb.shape == (height * plan.scale, width * plan.scale, 3):
             levels = quantize(rgb, plan.encoding.bit_depth, in_place=True)
             yield _Upscaled(frame.pts, frame.key_frame, levels)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -166,7 +166,7 @@ def test_part_from_levels_equals_part_from_floats(
     encoding = resolve_encoding(tmp_path / "o.mkv", info, EncodeSettings(crf=0, preset="ultrafast"))
     frames = list(decode_frames(info))[:3]
     write_part(tmp_path / "floats.nut", info, encoding, frames)
-    levels = [dataclasses.replace(frame, rgb=quantize(frame.rgb, encoding.bit_depth)) for frame in frames]
+    levels = [SimpleNamespace(pts=frame.pts, rgb=quantize(frame.rgb, encoding.bit_depth)) for frame in frames]
     assert levels[0].rgb.dtype == (np.uint16 if source == "ten_bit" else np.uint8)
     write_part(tmp_path / "levels.nut", info, encoding, levels)
     decoded = [
@@ -194,7 +194,7 @@ def test_part_appears_only_when_complete(tmp_path: Path, cfr: VideoInfo) -> None
 
 def test_part_pads_odd_sizes_and_checks_shapes(tmp_path: Path, cfr: VideoInfo) -> None:
     encoding = resolve_encoding(tmp_path / "o.mp4", cfr, EncodeSettings(preset="ultrafast"))
-    odd = [dataclasses.replace(frame, rgb=frame.rgb[:47, :63]) for frame in decode_frames(cfr)]
+    odd = [SimpleNamespace(pts=frame.pts, rgb=frame.rgb[:47, :63]) for frame in decode_frames(cfr)]
     write_part(tmp_path / "odd.nut", cfr, encoding, odd, width=63, height=47)
     part = probe_video(tmp_path / "odd.nut")
     assert (part.width, part.height) == (64, 48)

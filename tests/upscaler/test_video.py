@@ -114,10 +114,22 @@ def test_frames_without_timestamps_get_them_from_the_frame_rate(tmp_path: Path) 
 def test_ten_bit_decodes_through_16_bit_rgb(tmp_path: Path) -> None:
     info = probe_video(clips.ten_bit_clip(tmp_path))
     assert (info.pix_fmt, info.bit_depth) == ("yuv420p10le", 10)
-    rgb = next(decode_frames(info)).rgb
+    frame = next(decode_frames(info))
+    assert frame.levels.dtype == np.uint16
+    rgb = frame.rgb
     levels = rgb * 255
     # Through rgb24 every value would sit on an 8-bit level.
     assert np.abs(levels - np.round(levels)).max() > 0.1
+
+
+def test_frames_wait_as_levels_and_convert_to_floats_on_use(tmp_path: Path) -> None:
+    frame = next(decode_frames(probe_video(clips.cfr_clip(tmp_path, frames=2, audio=False))))
+    assert frame.levels.dtype == np.uint8 and frame.levels.flags.owndata
+    rgb = frame.rgb
+    assert rgb.dtype == np.float32 and rgb.shape == frame.levels.shape
+    np.testing.assert_allclose(rgb * 255, frame.levels, rtol=0, atol=1e-4)
+    rgb[...] = 0  # a new array each time: the frame keeps its levels
+    assert frame.rgb.max() > 0
 
 
 @pytest.mark.parametrize("full_range", [False, True])

@@ -21,6 +21,9 @@ from upscaler.errors import BackendError, OutOfMemory, UpscaleError
 from upscaler.values import SizeRequirement, TileRegion
 
 Infer = Callable[[np.ndarray], np.ndarray]
+# Takes C x rows x W float32 rows of a finished frame, in [0, 1] (and may change them); returns them as
+# rows x W x C in the caller's form (8-bit levels, say).
+Finish = Callable[[np.ndarray], np.ndarray]
 K = TypeVar("K")
 
 # Below this side, tiles cost more in overlap than they save in memory.
@@ -226,8 +229,15 @@ class Tiler:
         [(_, output)] = self.upscale_stream([(None, image)])
         return output
 
-    def upscale_stream(self, frames: Iterable[tuple[K, np.ndarray]]) -> Iterator[tuple[K, np.ndarray]]:
+    def upscale_stream(
+        self, frames: Iterable[tuple[K, np.ndarray]], finish: Finish | None = None
+    ) -> Iterator[tuple[K, np.ndarray]]:
         """(key, C x H x W image) pairs in -> (key, upscaled image) pairs out, one per frame, in order.
+
+        With `finish`, each frame out is what `finish` made of its rows, H' x W' x C, and a frame of
+        several rows of tiles is stitched a row of tiles at a time: the rows no later tile reaches go
+        to `finish` as soon as they are done, so only a band of the frame is ever held as float32
+        (at 720p x4, 64 MB instead of 177).
 
         Batches take tiles of consecutive frames while they have one shape, so a stream of small frames
         runs full batches; the outputs equal `upscale`'s frame by frame (up to a backend whose results
@@ -238,7 +248,7 @@ class Tiler:
         """
         held: deque[_Work[K]] = deque()
         for key, image in frames:
-            work = self._plan(key, *self._pad(image))
+            work = self._plan(key, *self._pad(image), finish)
             if held and sum(w.nbytes for w in held) + work.nbytes > self._hold_bytes:
                 while held:
                     yield from self._run_batch(held)
@@ -259,7 +269,9 @@ class Tiler:
         """The longer side of `tile_shape`."""
         return None if self.tile_shape is None else max(self.tile_shape)
 
-    def _plan(self, key: K, padded: np.ndarray, height: int, width: int) -> _Work[K]:
+    def _plan(
+        self, key: K, padded: np.ndarray, height: int, width: int, finish: Finish | None = None
+    ) -> _Work[K]:
         """The tiles of one padded frame, with the sizes that currently fit."""
         _, padded_h, padded_w = padded.shape
         if self._tile is None:
@@ -284,7 +296,7 @@ class Tiler:
         tile_w = min(tile_w, padded_w, self._ceiling or padded_w)
         context = _context(min(tile_h, tile_w), self._overlap, self._requirement)
         tiles = plan_tiles(padded_h, padded_w, tile_h, context, tile_width=tile_w)
-        return _Work(key, padded, height, width, (tile_h, tile_w), context, tiles, self._scale)
+        return _Work(key, padded, height, width, (tile_h, tile_w), context, tiles, self._scale, finish)
 
     def _batch_limit(self, work: _Work) -> int:
         """The most tiles per batch, up to `batch_size`, whose estimated memory fits the budget."""
@@ -322,7 +334,7 @@ class Tiler:
         except OutOfMemory as error:
             self._shrink(count, max(held[0].tile), error)
             for index, work in enumerate(held):
-                held[index] = self._plan(work.key, work.padded, work.height, work.width)
+                held[index] = self._plan(work.key, work.padded, work.height, work.width, work.finish)
             return
         channels = result.shape[1] if result.ndim == 4 else -1
         scale = self._scale
@@ -375,8 +387,10 @@ class _Work(Generic[K]):
         context: int,
         tiles: list[TileRegion],
         scale: int,
+        finish: Finish | None = None,
     ) -> None:
         self.key, self.padded, self.height, self.width = key, padded, height, width
+        self.finish = finish
         self.tile, self.context, self.tiles, self.scale = tile, context, tiles, scale
         self.window = (tiles[0].height, tiles[0].width)  # plan_tiles gives every tile one shape
         self.done = 0  # tiles stitched, in plan order
@@ -391,6 +405,11 @@ class _Work(Generic[K]):
         self._weighed = not (
             _sums_to_one(rows, padded_h, context, scale) and _sums_to_one(columns, padded_w, context, scale)
         )
+        # Stitched a row of tiles at a time (see Tiler.upscale_stream): the float32 band from the top of
+        # the row of tiles being stitched to its bottom, and what `finish` made of the rows above it.
+        self._banded = finish is not None and not self._weighed and len(tiles) > 1
+        self._band_top = 0  # the output row the band starts at
+        self._finished: np.ndarray | None = None  # what `finish` made, rows above the band filled
         # What holding it costs: its padded input, and C' (+ 1) output planes (assumed C' = C) once begun.
         planes = padded.shape[0] + int(self._weighed)
         self.nbytes = padded.nbytes + planes * padded_h * padded_w * scale * scale * 4
@@ -415,6 +434,9 @@ class _Work(Generic[K]):
             (self._output,) = outputs
             self.done = 1
             return
+        if self._banded:
+            self._stitch_band(regions, outputs)
+            return
         if self._output is None:
             self._output = np.zeros((outputs.shape[1], height * scale, width * scale), dtype=np.float32)
             if self._weighed:
@@ -433,9 +455,54 @@ class _Work(Generic[K]):
                 self._total[rows, columns] += weight
         self.done += len(regions)
 
+    def _stitch_band(self, regions: list[TileRegion], outputs: np.ndarray) -> None:
+        """`stitch` for a frame stitched a row of tiles at a time: tiles come row by row (plan_tiles), so
+        when a tile starts lower than the band, the rows above its top are done."""
+        _, height, width = self.padded.shape
+        scale, context = self.scale, self.context
+        for region, tile_output in zip(regions, outputs, strict=True):
+            top, bottom = region.top * scale, region.bottom * scale
+            if self._output is None or top != self._band_top:
+                band = np.zeros((outputs.shape[1], bottom - top, width * scale), dtype=np.float32)
+                if self._output is not None:
+                    self._hand_over(top)
+                    carried = self._output[:, top - self._band_top :]
+                    band[:, : carried.shape[1]] = carried
+                self._output, self._band_top = band, top
+            weight = np.outer(
+                _ramp(region.top, region.bottom, region.own_top, region.own_bottom, height, context, scale),
+                _ramp(region.left, region.right, region.own_left, region.own_right, width, context, scale),
+            )
+            tile_output *= weight  # the backend's new array, which nobody else reads
+            columns = slice(region.left * scale, region.right * scale)
+            self._output[:, : bottom - top, columns] += tile_output
+        self.done += len(regions)
+        if self.finished:
+            assert self._output is not None
+            self._hand_over(self._band_top + self._output.shape[1])
+
+    def _hand_over(self, end: int) -> None:
+        """Clip the band's rows above output row `end` (cropped to the frame) and keep what `finish`
+        makes of them."""
+        assert self._output is not None and self.finish is not None
+        rows = min(end, self.height * self.scale) - self._band_top
+        if rows <= 0:
+            return  # only the padding below the frame
+        done = self._output[:, :rows, : self.width * self.scale]
+        made = self.finish(np.clip(done, 0.0, 1.0, out=done))
+        if self._finished is None:
+            self._finished = np.empty((self.height * self.scale, *made.shape[1:]), dtype=made.dtype)
+        self._finished[self._band_top : self._band_top + rows] = made
+
     def output(self) -> np.ndarray:
-        """The finished frame, cropped to its size times the scale and clipped to [0, 1]."""
-        assert self._output is not None and self.finished
+        """The finished frame, cropped to its size times the scale and clipped to [0, 1]; with `finish`,
+        what it made of that."""
+        assert self.finished
+        if self._banded:
+            finished, self._output, self._finished = self._finished, None, None
+            assert finished is not None
+            return finished
+        assert self._output is not None
         output, total = self._output, self._total
         # Normalised and clipped in place, and let go of here: at 720p x4 a frame is 177 MB, and a copy
         # would hold two of them (the crop keeps the canvas alive only by its few padded rows).
@@ -443,7 +510,8 @@ class _Work(Generic[K]):
         if total is not None:
             output /= total
         crop = output[:, : self.height * self.scale, : self.width * self.scale]
-        return np.clip(crop, 0.0, 1.0, out=crop)
+        clipped = np.clip(crop, 0.0, 1.0, out=crop)
+        return clipped if self.finish is None else self.finish(clipped)
 
 
 def upscale_tiled(

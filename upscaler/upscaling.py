@@ -12,7 +12,7 @@ from upscaler.backend import Session, get_backend, preferred_batch, reused_bytes
 from upscaler.errors import UpscaleError
 from upscaler.models import LoadedModel, load_model
 from upscaler.options import BackendOptions, TileOptions
-from upscaler.tiling import Tiler
+from upscaler.tiling import Finish, Tiler
 
 K = TypeVar("K")
 
@@ -68,18 +68,22 @@ class Upscaler:
         """H x W x C float32 in [0, 1] -> (H * scale) x (W * scale) x C float32 in [0, 1]."""
         return _hwc(self.tiler.upscale(self._chw(rgb)))
 
-    def upscale_stream(self, frames: Iterable[tuple[K, np.ndarray]]) -> Iterator[tuple[K, np.ndarray]]:
+    def upscale_stream(
+        self, frames: Iterable[tuple[K, np.ndarray]], finish: Finish | None = None
+    ) -> Iterator[tuple[K, np.ndarray]]:
         """(key, H x W x C frame) pairs -> (key, upscaled frame) pairs, one per frame, in order.
 
         Batches are filled with tiles of consecutive frames (see `Tiler.upscale_stream`), so a video of
         small frames runs full batches; a few frames are held back while a batch fills. Each upscaled
         frame is an H x W x C view of a new C x H x W array, not row-major: the caller may change it in
         place, and a copy in another layout or type is its to make (at 720p x4 a float32 frame is
-        177 MB, and quantizing straight from the view makes no second one).
+        177 MB, and quantizing straight from the view makes no second one). With `finish` (C x rows x W
+        float32 in [0, 1] -> rows x W x C), each frame is what it made of the frame's rows, which go to
+        it a row of tiles at a time (`Tiler.upscale_stream`): no whole float32 frame is held at all.
         """
         chw = ((key, self._chw(rgb)) for key, rgb in frames)
-        for key, output in self.tiler.upscale_stream(chw):
-            yield key, output.transpose(1, 2, 0)
+        for key, output in self.tiler.upscale_stream(chw, finish):
+            yield key, output if finish is not None else output.transpose(1, 2, 0)
 
     def _chw(self, rgb: np.ndarray) -> np.ndarray:
         if rgb.ndim != 3 or rgb.shape[2] != self.model.info.in_channels:

@@ -89,7 +89,11 @@ class UpscaleStream(Protocol):
     per frame and in order. Each upscaled frame is a new array (or a view of one, in any memory layout)
     that the job may overwrite."""
 
-    def upscale_stream(self, frames: Iterable[tuple[K, np.ndarray]]) -> Iterator[tuple[K, np.ndarray]]: ...
+    def upscale_stream(
+        self,
+        frames: Iterable[tuple[K, np.ndarray]],
+        finish: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> Iterator[tuple[K, np.ndarray]]: ...
 
 
 JOURNAL_VERSION = 1
@@ -968,16 +972,22 @@ def _upscale_frames(
     frames: Iterator[VideoFrame], upscale: UpscaleStream, plan: VideoPlan
 ) -> Iterator[_Upscaled]:
     """The infer stage with batches across frames: the same frames out as `_upscale_frame` gives."""
-    for frame, rgb in upscale.upscale_stream((frame, frame.rgb) for frame in frames):
-        # `rgb` is the Upscaler's new output frame (maybe a transposed view of it), quantized in place:
-        # no float copy of it is made (177 MB each at 720p x4) where no --outscale resize follows.
-        height, width = frame.levels.shape[:2]
-        if plan.outscale in (None, plan.scale) and rgb.shape == (height * plan.scale, width * plan.scale, 3):
-            levels = quantize(rgb, plan.encoding.bit_depth, in_place=True)
+    pairs = ((frame, frame.rgb) for frame in frames)
+    if plan.outscale in (None, plan.scale):
+        bits = plan.encoding.bit_depth
+
+        def finish(rows: np.ndarray) -> np.ndarray:
+            return quantize(rows.transpose(1, 2, 0), bits, in_place=True)
+
+        # Quantized as the rows of each frame are stitched: at 720p x4 no float32 frame (177 MB) is
+        # held whole. The tiler has checked every batch's size against the model's scale.
+        for frame, levels in upscale.upscale_stream(pairs, finish=finish):
             yield _Upscaled(frame.pts, frame.key_frame, levels)
-            continue
-        # Otherwise upscale_picture checks the output's size and resizes to --outscale exactly as it
-        # does for a frame upscaled alone (a video frame has no alpha to upscale).
+        return
+    for frame, rgb in upscale.upscale_stream(pairs):
+        # `rgb` is the Upscaler's new output frame, which may be changed in place; upscale_picture
+        # checks its size and resizes to --outscale exactly as it does for a frame upscaled alone (a
+        # video frame has no alpha to upscale).
         yield _upscale_frame(frame, lambda _, done=rgb: done, plan, owned=True)
 
 

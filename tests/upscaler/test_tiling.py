@@ -525,3 +525,37 @@ def test_weights_are_summed_only_where_the_ramps_do_not_add_up_to_one(tile, over
     assert work._weighed is weighed
     tiler = Tiler(nearest(2), 2, SizeRequirement(), tile=tile, overlap=overlap, batch_size=3)
     np.testing.assert_allclose(tiler.upscale(image), upscale_nearest(image, 2), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("size", "tile", "requirement"), [((100, 90), 32, SizeRequirement()), ((75, 61), 16, SizeRequirement(4))]
+)
+def test_rows_go_to_finish_a_row_of_tiles_at_a_time_and_equal_the_whole_frame(size, tile, requirement):
+    def per_tile(batch: np.ndarray) -> np.ndarray:
+        # Each tile's output differs from its neighbours' where they overlap, so a blend that lost the
+        # rows carried from one band to the next would show.
+        offset = batch.mean(axis=(1, 2, 3), keepdims=True) / 4
+        return nearest(2, requirement)(batch) + offset
+
+    image = random_image(*size)
+    handed: list[int] = []
+
+    def finish(rows: np.ndarray) -> np.ndarray:
+        assert rows.dtype == np.float32 and rows.min() >= 0 and rows.max() <= 1
+        handed.append(rows.shape[1])
+        return np.round(rows.transpose(1, 2, 0) * 255).astype(np.uint8)
+
+    whole = Tiler(per_tile, 2, requirement, tile=tile, overlap=8, batch_size=3).upscale(image)
+    tiler = Tiler(per_tile, 2, requirement, tile=tile, overlap=8, batch_size=3)
+    [(key, banded)] = list(tiler.upscale_stream([("frame", image)], finish))
+    assert key == "frame" and len(handed) > 2 and sum(handed) == size[0] * 2
+    assert banded.shape == (size[0] * 2, size[1] * 2, 3) and banded.dtype == np.uint8
+    np.testing.assert_array_equal(banded, np.round(whole.transpose(1, 2, 0) * 255).astype(np.uint8))
+
+
+def test_finish_takes_a_one_tile_frame_whole():
+    image, handed = random_image(40, 30), []
+    tiler = Tiler(nearest(2), 2, SizeRequirement(), tile=None, overlap=8)
+    [(_, done)] = list(tiler.upscale_stream([(0, image)], lambda rows: handed.append(rows.shape) or rows))
+    assert handed == [(3, 80, 60)]
+    np.testing.assert_array_equal(done, upscale_nearest(image, 2))

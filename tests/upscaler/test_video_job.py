@@ -135,10 +135,10 @@ class Streaming:
         self.batches.append(batch.shape[0])
         return batch.repeat(2, axis=2).repeat(2, axis=3)
 
-    def upscale_stream(self, frames):
+    def upscale_stream(self, frames, finish=None):
         chw = ((key, rgb.transpose(2, 0, 1)) for key, rgb in frames)
-        for key, output in self.tiler.upscale_stream(chw):
-            yield key, np.ascontiguousarray(output.transpose(1, 2, 0))
+        for key, output in self.tiler.upscale_stream(chw, finish):
+            yield key, output if finish else np.ascontiguousarray(output.transpose(1, 2, 0))
 
     def one_frame(self, rgb: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self.tiler.upscale(rgb.transpose(2, 0, 1)).transpose(1, 2, 0))

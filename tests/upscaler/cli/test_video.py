@@ -120,8 +120,8 @@ def test_an_interrupted_run_resumes_by_default(tmp_path: Path, weights: Path, mo
     )
     upscale_stream = Upscaler.upscale_stream
 
-    def interrupted(self, frames):
-        for count, done in enumerate(upscale_stream(self, frames), start=1):
+    def interrupted(self, frames, finish=None):
+        for count, done in enumerate(upscale_stream(self, frames, finish), start=1):
             if count == 13:
                 raise KeyboardInterrupt
             yield done

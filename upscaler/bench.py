@@ -607,9 +607,16 @@ class ConvProbe:
     to time: `sample()` is one timed sample, the call repeated for about CONV_SAMPLE_SECONDS."""
 
     def __init__(
-        self, device: str, precision: Precision, *, width: int, height: int, batch: int = 1,
-        channels: int = CONV_CHANNELS, warmup: int = 1,
-    ) -> None:  # fmt: skip
+        self,
+        device: str,
+        precision: Precision,
+        *,
+        width: int,
+        height: int,
+        batch: int = 1,
+        channels: int = CONV_CHANNELS,
+        warmup: int = 1,
+    ) -> None:
         import torch
         import torch.nn.functional as F
 

@@ -501,5 +501,6 @@ class _Converter:
         converted = self.reformatter.reformat(
             frame, format=self.format, interpolation=self.interpolation, **self.options
         )
-        # A copy that owns its memory: to_ndarray may view the frame's planes, which FFmpeg reuses.
+        # A row-major copy that owns its memory: to_ndarray may give a view of the frame's (padded)
+        # plane, which would keep the whole frame alive while it waits in the decode queue.
         return np.array(converted.to_ndarray(), dtype=np.uint16 if self.deep else np.uint8)

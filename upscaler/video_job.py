@@ -87,7 +87,8 @@ class UpscaleStream(Protocol):
     """An upscaler that takes frames as a stream, to batch tiles of consecutive frames together
     (`upscaler.upscaling.Upscaler`): (key, H x W x 3 float32) pairs in, (key, upscaled) pairs out, one
     per frame and in order. Each upscaled frame is a new array (or a view of one, in any memory layout)
-    that the job may overwrite."""
+    that the job may overwrite; with `finish` (see upscaler.tiling.Finish), what `finish` made of the
+    frame's rows."""
 
     def upscale_stream(
         self,

@@ -264,11 +264,6 @@ class Tiler:
         _, height, width = image.shape
         return _pad(np.asarray(image, dtype=np.float32), self._requirement), height, width
 
-    @property
-    def tile_size(self) -> int | None:
-        """The longer side of `tile_shape`."""
-        return None if self.tile_shape is None else max(self.tile_shape)
-
     def _plan(
         self, key: K, padded: np.ndarray, height: int, width: int, finish: Finish | None = None
     ) -> _Work[K]:
@@ -441,12 +436,8 @@ class _Work(Generic[K]):
             self._output = np.zeros((outputs.shape[1], height * scale, width * scale), dtype=np.float32)
             if self._weighed:
                 self._total = np.zeros((height * scale, width * scale), dtype=np.float32)
-        context = self.context
         for region, tile_output in zip(regions, outputs, strict=True):
-            weight = np.outer(
-                _ramp(region.top, region.bottom, region.own_top, region.own_bottom, height, context, scale),
-                _ramp(region.left, region.right, region.own_left, region.own_right, width, context, scale),
-            )
+            weight = self._weight(region)
             rows = slice(region.top * scale, region.bottom * scale)
             columns = slice(region.left * scale, region.right * scale)
             tile_output *= weight  # the backend's new array, which nobody else reads
@@ -455,11 +446,19 @@ class _Work(Generic[K]):
                 self._total[rows, columns] += weight
         self.done += len(regions)
 
+    def _weight(self, region: TileRegion) -> np.ndarray:
+        """The blending weight of `region`'s output pixels."""
+        _, height, width = self.padded.shape
+        scale, context = self.scale, self.context
+        return np.outer(
+            _ramp(region.top, region.bottom, region.own_top, region.own_bottom, height, context, scale),
+            _ramp(region.left, region.right, region.own_left, region.own_right, width, context, scale),
+        )
+
     def _stitch_band(self, regions: list[TileRegion], outputs: np.ndarray) -> None:
         """`stitch` for a frame stitched a row of tiles at a time: tiles come row by row (plan_tiles), so
         when a tile starts lower than the band, the rows above its top are done."""
-        _, height, width = self.padded.shape
-        scale, context = self.scale, self.context
+        width, scale = self.padded.shape[2], self.scale
         for region, tile_output in zip(regions, outputs, strict=True):
             top, bottom = region.top * scale, region.bottom * scale
             if self._output is None:
@@ -476,10 +475,7 @@ class _Work(Generic[K]):
                 band[:, : carried.shape[1]] = carried
                 band[:, carried.shape[1] :] = 0
                 self._band_top = top
-            weight = np.outer(
-                _ramp(region.top, region.bottom, region.own_top, region.own_bottom, height, context, scale),
-                _ramp(region.left, region.right, region.own_left, region.own_right, width, context, scale),
-            )
+            weight = self._weight(region)
             tile_output *= weight  # the backend's new array, which nobody else reads
             columns = slice(region.left * scale, region.right * scale)
             self._output[:, : bottom - top, columns] += tile_output

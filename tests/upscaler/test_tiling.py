@@ -203,14 +203,14 @@ def test_out_of_memory_retries_with_batch_1_then_smaller_tiles_and_keeps_them():
     image = random_image(150, 130)
     tiler = Tiler(small_tiles_only, 2, requirement, tile=128, overlap=6, batch_size=2)
     output = tiler.upscale(image)
-    assert (tiler.tile_size, tiler.batch_size) == (32, 1)
+    assert (tiler.tile_shape, tiler.batch_size) == ((32, 32), 1)
     assert [shape[0] for shape in refused] == [2, 1, 1]  # batch 1 first, then tiles 64, then 32 fits
     expected = upscale_tiled(image, model, 2, requirement, 32, 6, 1)
     np.testing.assert_allclose(output, expected, rtol=0, atol=1e-6)
 
     refused.clear()
     tiler.upscale(random_image(150, 130, seed=1))
-    assert not refused and tiler.tile_size == 32
+    assert not refused and tiler.tile_shape == (32, 32)
 
 
 def test_out_of_memory_on_batches_only_keeps_the_tile_size():
@@ -222,7 +222,7 @@ def test_out_of_memory_on_batches_only_keeps_the_tile_size():
     image = random_image(100, 100)
     tiler = Tiler(one_tile_at_a_time, 2, SizeRequirement(), tile=32, overlap=4, batch_size=4)
     np.testing.assert_allclose(tiler.upscale(image), upscale_nearest(image, 2), rtol=0, atol=1e-6)
-    assert (tiler.tile_size, tiler.batch_size) == (32, 1)
+    assert (tiler.tile_shape, tiler.batch_size) == ((32, 32), 1)
 
 
 def test_after_out_of_memory_auto_tiles_grow_no_larger_on_later_frames():
@@ -493,7 +493,7 @@ def test_out_of_memory_in_a_stream_halves_the_tiles_then_gives_up_with_the_size_
     tiler = Tiler(windows_up_to_40, 2, SizeRequirement(4), tile=64, overlap=4, batch_size=1)
     for (_, output), frame in zip(tiler.upscale_stream(enumerate(frames)), frames, strict=True):
         np.testing.assert_allclose(output, upscale_nearest(frame, 2), rtol=0, atol=1e-6)
-    assert tiler.tile_size == 32
+    assert tiler.tile_shape == (32, 32)
 
     def never(batch: np.ndarray) -> np.ndarray:
         raise OutOfMemory("CUDA out of memory")

@@ -123,7 +123,7 @@ def model_options(func):
             type=TileSize(),
             default="auto",
             show_default=True,
-            help="Tile side in input pixels; auto picks the largest that fits --memory-budget.",
+            help="Tile side in input pixels; auto plans the tiles that read least within --memory-budget.",
         ),
         click.option(
             "--tile-overlap",

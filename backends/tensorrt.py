@@ -441,6 +441,11 @@ class TensorRTSession(ClosingSession):
         """The batch the engine's profile was tuned for (its `opt` shape); the core batches that many."""
         return int(self.profile.opt[0])
 
+    @property
+    def largest_input(self) -> tuple[int, int]:
+        """The engine's largest (rows, columns): the core plans tiles within it."""
+        return int(self.profile.max[2]), int(self.profile.max[3])
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if self.context is None:
             raise BackendError("tensorrt backend: the session is closed")

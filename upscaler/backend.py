@@ -5,8 +5,9 @@ A backend is a cheap object: `name`, `description`, `check()` (why it cannot run
 RGB in [0, 1]; outputs are NCHW float32 with H and W times the model's scale, in an array the core may
 keep and change (not a buffer the next batch reuses). Padding, clamping and tiling happen in the core,
 never in a backend. A session may also have a `preferred_batch`, the tiles per batch it runs fastest
-with; the core batches that many unless told otherwise (see the function `preferred_batch`); and a
-`reused_bytes`, the largest activation its memory is reused for from call to call (see `reused_bytes`).
+with; the core batches that many unless told otherwise (see the function `preferred_batch`); a
+`reused_bytes`, the largest activation its memory is reused for from call to call (see `reused_bytes`);
+and a `largest_input`, the largest (rows, columns) it takes (see `largest_input`).
 
 Built-in backends register through the same entry-point group as third-party ones, so there is one way in.
 """
@@ -70,6 +71,20 @@ def reused_bytes(session: Session) -> int:
     faults would (upscaler.tiling.choose_tile_shape)."""
     value = getattr(session, "reused_bytes", None)
     return value if isinstance(value, int) and value > 0 else 0
+
+
+def largest_input(session: Session) -> tuple[int, int] | None:
+    """The largest input (rows, columns) `session` takes, or None where any size runs (the default). A
+    TensorRT engine runs only the shapes of its optimisation profile; `--tile-size auto` keeps every
+    tile within this, a frame that would otherwise be one tile included."""
+    value = getattr(session, "largest_input", None)
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(side, int) and side >= 1 for side in value)
+    ):
+        return value
+    return None
 
 
 @runtime_checkable

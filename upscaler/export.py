@@ -47,7 +47,7 @@ OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 # Bumped whenever the exported graph changes for the same weights, so that cached exports are redone.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 # Largest activation a layer may reach on the calibration batch and still run in fp16. fp16 ends at
 # 65504; a quarter of that leaves room for inputs busier than the calibration noise.
 FP16_SAFE_LIMIT = 16384.0

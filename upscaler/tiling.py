@@ -90,6 +90,7 @@ def choose_tile_shape(
     bytes_per_pixel: int,
     memory_budget: int,
     reuse_pixels: int = 0,
+    largest_input: tuple[int, int] | None = None,
 ) -> tuple[int, int]:
     """The tile (rows, columns owned) for a `height` x `width` image that reads the fewest pixels in all
     among those whose batches fit `memory_budget` bytes.
@@ -97,8 +98,9 @@ def choose_tile_shape(
     A batch is estimated at `bytes_per_pixel` per input pixel of the padded tiles in it. Windows (what a
     tile reads) stay within the largest square that fits the budget, so tiles are no longer on a side
     than a square plan's would be (an engine built for those fits them), unless one covers the
-    image. Where `reuse_pixels` > 0, a window of more pixels than that is counted FAULT_COST times: its
-    activations are faulted in afresh on every call. Ties go to fewer tiles. Tile sides are multiples
+    image. Where `largest_input` (rows, columns) is given, every window fits it, one tile or not: the
+    most a session takes (a TensorRT engine's profile). Where `reuse_pixels` > 0, a window of more
+    pixels than that is counted FAULT_COST times: its activations are faulted in afresh on every call. Ties go to fewer tiles. Tile sides are multiples
     of the model's `multiple_of`, at least 32 (or the whole image, when smaller) even if that does not
     fit. A budget or a per-pixel cost of 0 means one tile for the whole image.
     """
@@ -132,8 +134,10 @@ def choose_tile_shape(
                 along(padded_w, tile_w, context),
             )
             count = rows * columns
-            fits = window_h * window_w * min(batch_size, count) * bytes_per_pixel <= memory_budget and (
-                count == 1 or max(window_h, window_w) <= largest_window
+            fits = (
+                window_h * window_w * min(batch_size, count) * bytes_per_pixel <= memory_budget
+                and (count == 1 or max(window_h, window_w) <= largest_window)
+                and (largest_input is None or (window_h <= largest_input[0] and window_w <= largest_input[1]))
             )
             if not fits:
                 continue
@@ -176,7 +180,8 @@ class Tiler:
     `infer` takes an N x C x H x W float32 batch whose H and W the model accepts and returns
     N x C' x H*scale x W*scale, raising `OutOfMemory` when the batch does not fit. `tile=None` picks the
     tile that reads least among those that fit `memory_budget`, counting windows of more than
-    `reuse_pixels` (where > 0) as slower (see `choose_tile_shape`). After running out of memory the
+    `reuse_pixels` (where > 0) as slower and keeping windows within `largest_input` (rows, columns; where
+    given) (see `choose_tile_shape`). After running out of memory the
     frames in hand are retried with batch 1, then with halved tiles down to 32, and the smaller sizes
     are kept for later frames.
 
@@ -197,6 +202,7 @@ class Tiler:
         memory_budget: int = 0,
         hold_bytes: int = HOLD_BYTES,
         reuse_pixels: int = 0,
+        largest_input: tuple[int, int] | None = None,
     ) -> None:
         if scale < 1:
             raise UpscaleError(f"scale must be a positive integer (got {scale})")
@@ -218,6 +224,7 @@ class Tiler:
         self._memory_budget = memory_budget
         self._hold_bytes = hold_bytes
         self._reuse_pixels = reuse_pixels
+        self._largest_input = largest_input
         self._ceiling: int | None = None  # the largest tile to try again, once one ran out of memory
         self.batch_size = batch_size
         # The tile the last frame was upscaled with, (rows, columns) owned (at most its padded sides);
@@ -282,6 +289,7 @@ class Tiler:
                 self._bytes_per_pixel,
                 self._memory_budget,
                 self._reuse_pixels,
+                self._largest_input,
             )
         else:
             tile_h = tile_w = self._tile

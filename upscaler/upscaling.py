@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from upscaler.backend import Session, get_backend, preferred_batch, reused_bytes
+from upscaler.backend import Session, get_backend, largest_input, preferred_batch, reused_bytes
 from upscaler.errors import UpscaleError
 from upscaler.models import LoadedModel, load_model
 from upscaler.options import BackendOptions, TileOptions
@@ -49,6 +49,7 @@ class Upscaler:
             # The widest activation taken as a quarter of the estimated peak (which holds about four):
             # compact 275 bytes a pixel against its real 256, RRDBNet 2336 against 2048.
             reuse_pixels=reused_bytes(session) // max(1, info.bytes_per_pixel // 4),
+            largest_input=largest_input(session),
         )
 
     @property

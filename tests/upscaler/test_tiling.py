@@ -316,6 +316,15 @@ def test_auto_tile_counts_windows_past_reuse_pixels_as_slower():
     assert choose_tile_shape(180, 320, requirement, 32, 1, 9344, 1024**3, reuse_pixels=14_300) == (180, 320)
 
 
+def test_auto_tile_keeps_windows_within_the_largest_input():
+    # 1280x720 fits the budget as one tile, but not an engine whose profile ends at 1024 x 1024.
+    requirement = SizeRequirement()
+    assert choose_tile_shape(720, 1280, requirement, 16, 1, 1100, 1024**3) == (720, 1280)
+    tile = choose_tile_shape(720, 1280, requirement, 16, 1, 1100, 1024**3, largest_input=(1024, 1024))
+    tiles = plan_tiles(720, 1280, tile[0], _context(min(tile), 16, requirement), tile_width=tile[1])
+    assert len(tiles) > 1 and all(t.height <= 1024 and t.width <= 1024 for t in tiles)
+
+
 def test_auto_tile_without_a_budget_runs_the_image_in_one_tile():
     assert batch_shapes(random_image(301, 199), None) == [(1, 3, 304, 200)]
     assert choose_tile_shape(301, 199, SizeRequirement(4), 8, 4, 0, 0) == (304, 200)

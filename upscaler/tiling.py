@@ -100,9 +100,10 @@ def choose_tile_shape(
     than a square plan's would be (an engine built for those fits them), unless one covers the
     image. Where `largest_input` (rows, columns) is given, every window fits it, one tile or not: the
     most a session takes (a TensorRT engine's profile). Where `reuse_pixels` > 0, a window of more
-    pixels than that is counted FAULT_COST times: its activations are faulted in afresh on every call. Ties go to fewer tiles. Tile sides are multiples
-    of the model's `multiple_of`, at least 32 (or the whole image, when smaller) even if that does not
-    fit. A budget or a per-pixel cost of 0 means one tile for the whole image.
+    pixels than that is counted FAULT_COST times: its activations are faulted in afresh on every
+    call. Ties go to fewer tiles. Tile sides are multiples of the model's `multiple_of`, at least 32
+    (or the whole image, when smaller) even if that does not fit. A budget or a per-pixel cost of 0
+    means one tile for the whole image.
     """
     _check_batch(batch_size)
     if overlap < 0:

@@ -20,6 +20,8 @@ before each measurement.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import os
 import platform
@@ -60,6 +62,8 @@ CONV_SAMPLE_SECONDS = 0.2
 # The FLOP counter's input side: a multiple of every architecture's size requirement, and small.
 FLOP_SIDE = 16
 CLIP_FPS = 24
+# The most the video measurement holds of the model's outputs, to time the job without the model.
+REPLAY_BYTES = 1024**3
 # ../shared/data beside this checkout (the project's own machines); a user's install has none.
 SHARED_SET5 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval" / "Set5"
 
@@ -182,6 +186,12 @@ class VideoRun:
     job: Timing | None  # seconds per run_video_job
     model_only: Timing | None  # seconds per pass of the upscaler over the decoded frames
     problem: str | None = None
+    # The job with the model's outputs replayed instead of computed: decoding, encoding and muxing alone.
+    io_only: Timing | None = None
+    model_cpu: float | None = None  # CPU seconds (all threads) of the median model-only pass
+    io_cpu: float | None = None  # CPU seconds (all threads) of the median io-only pass
+    cores: int = 0  # the CPUs this process may run on
+    io_problem: str | None = None  # why io_only was not measured
 
     @property
     def job_fps(self) -> Rate | None:
@@ -197,6 +207,20 @@ class VideoRun:
         if self.job is None or self.model_only is None:
             return None
         return self.model_only.median / self.job.median
+
+    @property
+    def io_fps(self) -> Rate | None:
+        return None if self.io_only is None else self.io_only.rate(self.frames)
+
+    @property
+    def ceiling(self) -> float | None:
+        """The highest efficiency these cores allow: the model's and the IO's CPU time together must fit
+        in `cores` x the job's wall time, so the job takes at least (model + IO CPU) / cores. 1 where
+        that is less than the model alone takes (a GPU model leaves the CPU to the IO)."""
+        if self.model_only is None or self.model_cpu is None or self.io_cpu is None or self.cores < 1:
+            return None
+        least = (self.model_cpu + self.io_cpu) / self.cores
+        return min(1.0, self.model_only.median / least) if least > 0 else 1.0
 
 
 @dataclass(frozen=True)
@@ -340,6 +364,13 @@ def _video_dict(run: VideoRun) -> dict[str, Any]:
         "job_fps": _rate_dict(run.job_fps),
         "model_only_fps": _rate_dict(run.model_fps),
         "efficiency": run.efficiency,
+        "io_only_seconds": _timing_dict(run.io_only),
+        "io_only_fps": _rate_dict(run.io_fps),
+        "model_cpu_seconds": run.model_cpu,
+        "io_cpu_seconds": run.io_cpu,
+        "cores": run.cores,
+        "ceiling": run.ceiling,
+        "io_problem": run.io_problem,
         "problem": run.problem,
     }
 
@@ -728,6 +759,7 @@ def measure_video(
 ) -> VideoRun:
     """`upscale video`'s job on a generated clip, and the same upscaler on the same frames alone."""
     from upscaler.backend import get_backend
+    from upscaler.encoding import level_dtype, quantize
     from upscaler.upscaling import open_upscaler
     from upscaler.video import decode_frames, probe_video
     from upscaler.video_job import plan_video_job, run_video_job
@@ -742,6 +774,8 @@ def measure_video(
         clip, destination, scale=loaded.info.scale, model_key=model_key, audio=False, overwrite=True
     )
     decoded = [frame.rgb for frame in decode_frames(probe_video(clip))]
+    bits = plan.encoding.bit_depth
+    out_bytes = len(decoded) * plan.width * plan.height * 3 * np.dtype(level_dtype(bits)).itemsize
     with open_upscaler(loaded, chosen, options, tile_options) as upscaler:
         # Both as `upscale video` runs the model: tiles of consecutive frames share batches.
         def job() -> None:
@@ -751,14 +785,32 @@ def measure_video(
             for _ in upscaler.upscale_stream(enumerate(decoded)):
                 pass
 
-        # Interleaved, so that both see the same state of a shared, noisy machine.
-        for _ in range(warmup):
+        # The model's outputs, as the job's encoder gets them, for the job without the model.
+        replay: _Replay | None = None
+        io_problem = None
+        if out_bytes <= REPLAY_BYTES:
+
+            def finish(rows: np.ndarray) -> np.ndarray:
+                return quantize(rows.transpose(1, 2, 0), bits, in_place=True)
+
+            replay = _Replay([levels for _, levels in upscaler.upscale_stream(enumerate(decoded), finish)])
+        else:
+            io_problem = f"the {len(decoded)} upscaled frames would take {out_bytes / 2**30:.1f} GiB to hold"
+        for _ in range(max(0, warmup - 1 if replay is not None else warmup)):
             model_only()
+
+        # Interleaved, so that all see the same state of a shared, noisy machine.
         job_times: list[float] = []
         model_times: list[float] = []
+        io_times: list[float] = []
+        model_cpu: list[float] = []
+        io_cpu: list[float] = []
         for _ in range(repeat):
             job_times += time_runs(job, 1, 0, lambda: None).samples
-            model_times += time_runs(model_only, 1, 0, lambda: None).samples
+            model_times.append(_timed_with_cpu(model_only, model_cpu))
+            if replay is not None:
+                io_only = functools.partial(run_video_job, plan, replay, resume=False)
+                io_times.append(_timed_with_cpu(io_only, io_cpu))
     return VideoRun(
         backend=chosen,
         precision=options.precision.value,
@@ -768,7 +820,44 @@ def measure_video(
         encoding=plan.encoding.describe(),
         job=Timing(tuple(job_times)),
         model_only=Timing(tuple(model_times)),
+        io_only=Timing(tuple(io_times)) if io_times else None,
+        model_cpu=statistics.median(model_cpu),
+        io_cpu=statistics.median(io_cpu) if io_cpu else None,
+        cores=usable_cores(),
+        io_problem=io_problem,
     )
+
+
+def _timed_with_cpu(run: Callable[[], object], cpu: list[float]) -> float:
+    """Wall seconds of one call of `run`; its CPU seconds (every thread of the process) go to `cpu`."""
+    before, start = os.times(), time.perf_counter()
+    run()
+    seconds, after = time.perf_counter() - start, os.times()
+    cpu.append(after.user + after.system - before.user - before.system)
+    return seconds
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity where the platform says, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+class _Replay:
+    """An UpscaleStream that gives back stored outputs, in order, instead of running a model: the video
+    job with it is the job's decoding, encoding and muxing alone. Stored as `finish` made them (the
+    encoder's levels), so it needs no `finish` of its own."""
+
+    def __init__(self, outputs: list[np.ndarray]) -> None:
+        self.outputs = outputs
+
+    def upscale_stream(
+        self, frames: Iterable[tuple[Any, np.ndarray]], finish: Callable | None = None
+    ) -> Iterable[tuple[Any, np.ndarray]]:
+        for (key, _), output in zip(frames, itertools.cycle(self.outputs)):
+            yield key, output.copy()  # the job may write into what it is given
 
 
 def measure_quality(

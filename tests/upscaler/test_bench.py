@@ -15,6 +15,7 @@ from tests.conftest import tiny_weights
 from upscaler.bench import (
     BenchSettings,
     Timing,
+    VideoRun,
     architecture_flops,
     count_flops,
     cpu_has_bf16,
@@ -133,6 +134,10 @@ def test_tiny_bench_report(tmp_path: Path) -> None:
     video = report.video
     assert video.problem is None and video.frames == 2 and (video.width, video.height) == (16, 12)
     assert video.job_fps.median > 0 and video.model_fps.median > 0 and video.efficiency > 0
+    # The job again with the model's outputs replayed: decoding, encoding and muxing alone.
+    assert len(video.io_only.samples) == 2 and video.io_fps.median > 0 and video.io_problem is None
+    assert video.model_cpu > 0 and video.io_cpu > 0 and video.cores >= 1
+    assert 0 < video.ceiling <= 1
     assert report.quality is None
     assert any("--eval-data" in note for note in report.notes)
 
@@ -197,6 +202,7 @@ def test_command_table_and_json(tmp_path: Path) -> None:
     assert table.split() == ["backend", "precision", "MP/s", "[min-max]", "GFLOP/s", "of", "conv", "s/frame"]
     assert any(line.split()[:2] == ["torch", "fp32"] for line in output.splitlines())
     assert "upscale video (end to end)" in output and "pipeline efficiency" in output
+    assert "decode + encode alone" in output and "the job can reach at most" in output
 
     result = run_cli(*common, "--no-video", "--json")
     assert result.exit_code == 0, result.output
@@ -240,3 +246,69 @@ def test_command_measures_bf16_psnr_on_a_set(tmp_path: Path) -> None:
     assert quality["images"] == 2 and quality["backend"] == "torch"
     assert quality["fp32_psnr"] > 0 and quality["bf16_psnr"] > 0
     assert quality["psnr_delta"] == pytest.approx(quality["bf16_psnr"] - quality["fp32_psnr"])
+
+
+def test_the_ceiling_is_what_the_cores_leave_after_the_model_and_the_io() -> None:
+    def run(model_cpu: float, io_cpu: float, cores: int) -> VideoRun:
+        timing = Timing((10.0,))
+        return VideoRun(
+            "torch",
+            "fp32",
+            16,
+            12,
+            24,
+            "",
+            timing,
+            timing,
+            io_only=timing,
+            model_cpu=model_cpu,
+            io_cpu=io_cpu,
+            cores=cores,
+        )
+
+    # The model keeps 2 cores busy for 10 s; 2 s of IO on top need at least 11 s: 10/11 at best.
+    assert run(20.0, 2.0, 2).ceiling == pytest.approx(10 / 11)
+    # A model on a GPU leaves the CPU to the IO: nothing in the way.
+    assert run(1.0, 2.0, 2).ceiling == 1.0
+    assert run(20.0, 2.0, 0).ceiling is None
+
+
+def test_the_replayed_job_encodes_what_the_model_made(tmp_path: Path) -> None:
+    # The job without the model is the same job: its output decodes to the same pictures.
+    import av
+
+    from upscaler.bench import _Replay, write_test_clip
+    from upscaler.encoding import quantize
+    from upscaler.models import load_model
+    from upscaler.options import BackendOptions, TileOptions
+    from upscaler.upscaling import open_upscaler
+    from upscaler.video import decode_frames, probe_video
+    from upscaler.video_job import plan_video_job, run_video_job
+
+    clip = write_test_clip(tmp_path / "clip.mp4", 16, 12, 3)
+    loaded = load_model(tiny_weights(tmp_path, "compact"))
+    frames = [frame.rgb for frame in decode_frames(probe_video(clip))]
+    outputs = {}
+    with open_upscaler(loaded, "torch", BackendOptions(device="cpu"), TileOptions()) as upscaler:
+        for name, upscale in (("model", upscaler), ("replay", None)):
+            if upscale is None:
+                finish = lambda rows: quantize(rows.transpose(1, 2, 0), 8, in_place=True)  # noqa: E731
+                made = upscaler.upscale_stream(enumerate(frames), finish)
+                upscale = _Replay([levels for _, levels in made])
+            destination = tmp_path / f"{name}.mp4"
+            plan = plan_video_job(clip, destination, scale=4, model_key={}, audio=False, overwrite=True)
+            run_video_job(plan, upscale, resume=False)
+            with av.open(str(destination)) as container:
+                outputs[name] = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(outputs["model"]) == 3
+    for made, replayed in zip(outputs["model"], outputs["replay"], strict=True):
+        assert (made == replayed).all()
+
+
+def test_outputs_too_big_to_hold_leave_the_io_unmeasured(tmp_path: Path, monkeypatch) -> None:
+    import upscaler.bench
+
+    monkeypatch.setattr(upscaler.bench, "REPLAY_BYTES", 100)
+    video = run_bench(_settings(tiny_weights(tmp_path, "compact"), repeat=1)).video
+    assert video.job is not None and video.io_only is None and video.ceiling is None
+    assert "GiB to hold" in video.io_problem

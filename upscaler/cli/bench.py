@@ -153,18 +153,24 @@ def print_report(report) -> None:
                 f"video: {video.frames} frames {video.width}x{video.height} -> x{report.scale}, "
                 f"{video.backend} {video.precision}, {video.encoding}"
             )
-            print_table(
-                [
-                    ("", "fps", "[min-max]"),
-                    ("upscale video (end to end)", f"{video.job_fps.median:.3f}", _spread(video.job_fps, 3)),
-                    (
-                        "model alone, same frames",
-                        f"{video.model_fps.median:.3f}",
-                        _spread(video.model_fps, 3),
-                    ),
-                ]
-            )
+            rows = [
+                ("", "fps", "[min-max]"),
+                ("upscale video (end to end)", f"{video.job_fps.median:.3f}", _spread(video.job_fps, 3)),
+                ("model alone, same frames", f"{video.model_fps.median:.3f}", _spread(video.model_fps, 3)),
+            ]
+            if video.io_fps is not None:
+                rows.append(("decode + encode alone", f"{video.io_fps.median:.3f}", _spread(video.io_fps, 3)))
+            print_table(rows)
             click.echo(f"pipeline efficiency (end to end / model alone): {video.efficiency:.0%}")
+            if video.ceiling is not None:
+                per_frame = 1000 / video.frames
+                click.echo(
+                    f"  decoding and encoding alone take {video.io_cpu * per_frame:.0f} ms of CPU a frame, "
+                    f"the model {video.model_cpu * per_frame:.0f}: on {video.cores} core(s) the job can "
+                    f"reach at most {video.ceiling:.0%}"
+                )
+            elif video.io_problem is not None:
+                skipped.append(f"video decode + encode alone: {video.io_problem}")
 
     quality = report.quality
     if quality is not None:

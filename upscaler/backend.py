@@ -30,8 +30,9 @@ ENTRY_POINT_GROUP = "upscaler.backends"
 
 # `--backend auto` takes the first of these that can run here, then any other available plugin:
 # TensorRT (it can run only with a CUDA GPU and tensorrt installed), then torch (on CUDA where there is
-# a GPU, else the CPU), then onnxruntime. On the CPU torch was faster than onnxruntime for both the
-# compact and the RRDB model, in fp32 and (torch only) bf16, see BENCHMARKS.md, so torch comes first.
+# a GPU, else the CPU), then onnxruntime. On the CPU torch is the fastest or as fast for compact (the
+# default model) in fp32 and bf16; for RRDBNet and SRResNet onnxruntime or OpenVINO is 7-27% faster
+# (BENCHMARKS.md), but auto is decided before the model is read, so it does not know which runs.
 AUTO_PREFERENCE = ("tensorrt", "torch", "onnxruntime")
 # Backends that run only on CUDA, which auto passes over when --device asks for the CPU or MPS.
 CUDA_ONLY = frozenset({"tensorrt"})

@@ -164,10 +164,11 @@ def print_report(report) -> None:
             click.echo(f"pipeline efficiency (end to end / model alone): {video.efficiency:.0%}")
             if video.ceiling is not None:
                 per_frame = 1000 / video.frames
+                cores = f"{video.cores} core{'s' if video.cores != 1 else ''}"
                 click.echo(
                     f"  decoding and encoding alone take {video.io_cpu * per_frame:.0f} ms of CPU a frame, "
-                    f"the model {video.model_cpu * per_frame:.0f}: on {video.cores} core(s) the job can "
-                    f"reach at most {video.ceiling:.0%}"
+                    f"the model {video.model_cpu * per_frame:.0f}: on {cores} the job can reach at most "
+                    f"{video.ceiling:.0%}"
                 )
             elif video.io_problem is not None:
                 skipped.append(f"video decode + encode alone: {video.io_problem}")

@@ -192,6 +192,7 @@ class VideoRun:
     io_cpu: float | None = None  # CPU seconds (all threads) of the median io-only pass
     cores: int = 0  # the CPUs this process may run on
     io_problem: str | None = None  # why io_only was not measured
+    lookahead: int = 0  # the frames the encoder holds before it emits the first
 
     @property
     def job_fps(self) -> Rate | None:
@@ -371,6 +372,7 @@ def _video_dict(run: VideoRun) -> dict[str, Any]:
         "cores": run.cores,
         "ceiling": run.ceiling,
         "io_problem": run.io_problem,
+        "lookahead": run.lookahead,
         "problem": run.problem,
     }
 
@@ -759,7 +761,7 @@ def measure_video(
 ) -> VideoRun:
     """`upscale video`'s job on a generated clip, and the same upscaler on the same frames alone."""
     from upscaler.backend import get_backend
-    from upscaler.encoding import level_dtype, quantize
+    from upscaler.encoding import level_dtype, lookahead_frames, quantize
     from upscaler.upscaling import open_upscaler
     from upscaler.video import decode_frames, probe_video
     from upscaler.video_job import plan_video_job, run_video_job
@@ -825,15 +827,17 @@ def measure_video(
         io_cpu=statistics.median(io_cpu) if io_cpu else None,
         cores=usable_cores(),
         io_problem=io_problem,
+        lookahead=lookahead_frames(plan.encoding),
     )
 
 
 def _timed_with_cpu(run: Callable[[], object], cpu: list[float]) -> float:
     """Wall seconds of one call of `run`; its CPU seconds (every thread of the process) go to `cpu`."""
-    before, start = os.times(), time.perf_counter()
+    # process_time counts every thread of the process, in nanoseconds (os.times ticks in 10 ms).
+    before, start = time.process_time(), time.perf_counter()
     run()
-    seconds, after = time.perf_counter() - start, os.times()
-    cpu.append(after.user + after.system - before.user - before.system)
+    seconds, after = time.perf_counter() - start, time.process_time()
+    cpu.append(after - before)
     return seconds
 
 
@@ -1023,6 +1027,12 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> Benc
                     None,
                     problem=error.message,
                 )
+
+        if video is not None and video.job is not None and 0 < video.frames <= video.lookahead:
+            notes.append(
+                f"the encoder looks ahead {video.lookahead} frames: with {video.frames}, all of its work "
+                "comes after the model's last frame, not beside it; more --frames weigh that less"
+            )
 
         quality = None
         if settings.eval_data is None:

@@ -324,6 +324,17 @@ def bound_lookahead(encoding: Encoding, width: int, height: int) -> tuple[Encodi
     return dataclasses.replace(encoding, options=options), note
 
 
+def lookahead_frames(encoding: Encoding) -> int:
+    """The frames x264 holds before it emits the first (its rc-lookahead: the one set, else its preset's);
+    0 for other encoders. A clip no longer than that is encoded only once its last frame is in."""
+    if encoding.codec not in ("libx264", "libx264rgb"):
+        return 0
+    chosen = encoding.options.get("rc-lookahead")
+    if chosen is not None and chosen.isdigit():
+        return int(chosen)
+    return _X264_LOOKAHEAD.get(encoding.options.get("preset", _DEFAULT_PRESETS[encoding.codec]), 40)
+
+
 def frame_size(encoding: Encoding, width: int, height: int) -> tuple[int, int]:
     """The size a PartWriter encodes a `width` x `height` picture at: the next even size for pixel formats
     that halve chroma (4:2:0 needs even sides). The extra row/column repeats the edge pixels."""

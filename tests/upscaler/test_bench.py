@@ -6,6 +6,7 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -138,6 +139,9 @@ def test_tiny_bench_report(tmp_path: Path) -> None:
     assert len(video.io_only.samples) == 2 and video.io_fps.median > 0 and video.io_problem is None
     assert video.model_cpu > 0 and video.io_cpu > 0 and video.cores >= 1
     assert 0 < video.ceiling <= 1
+    # x264 medium holds 40 frames before its first: a 2-frame clip is encoded after the model is done.
+    assert video.lookahead == 40
+    assert any("looks ahead 40 frames: with 2" in note for note in report.notes)
     assert report.quality is None
     assert any("--eval-data" in note for note in report.notes)
 
@@ -273,36 +277,40 @@ def test_the_ceiling_is_what_the_cores_leave_after_the_model_and_the_io() -> Non
     assert run(20.0, 2.0, 0).ceiling is None
 
 
-def test_the_replayed_job_encodes_what_the_model_made(tmp_path: Path) -> None:
-    # The job without the model is the same job: its output decodes to the same pictures.
-    import av
-
+def test_the_replayed_job_encodes_what_the_model_made(tmp_path: Path, monkeypatch) -> None:
+    # The job without the model is the same job: its encoder gets the same frames at the same times.
+    from upscaler import encoding
     from upscaler.bench import _Replay, write_test_clip
-    from upscaler.encoding import quantize
     from upscaler.models import load_model
     from upscaler.options import BackendOptions, TileOptions
     from upscaler.upscaling import open_upscaler
     from upscaler.video import decode_frames, probe_video
     from upscaler.video_job import plan_video_job, run_video_job
 
+    written: dict[str, list] = {}
+    write = encoding.PartWriter.write
+
+    def recording(writer, pts: int, rgb) -> None:
+        write(writer, pts, rgb)
+        written.setdefault(writer.path.parent.name, []).append((pts, rgb.copy()))
+
+    monkeypatch.setattr(encoding.PartWriter, "write", recording)
     clip = write_test_clip(tmp_path / "clip.mp4", 16, 12, 3)
     loaded = load_model(tiny_weights(tmp_path, "compact"))
     frames = [frame.rgb for frame in decode_frames(probe_video(clip))]
-    outputs = {}
     with open_upscaler(loaded, "torch", BackendOptions(device="cpu"), TileOptions()) as upscaler:
-        for name, upscale in (("model", upscaler), ("replay", None)):
-            if upscale is None:
-                finish = lambda rows: quantize(rows.transpose(1, 2, 0), 8, in_place=True)  # noqa: E731
-                made = upscaler.upscale_stream(enumerate(frames), finish)
-                upscale = _Replay([levels for _, levels in made])
-            destination = tmp_path / f"{name}.mp4"
-            plan = plan_video_job(clip, destination, scale=4, model_key={}, audio=False, overwrite=True)
+        made = upscaler.upscale_stream(
+            enumerate(frames), lambda rows: encoding.quantize(rows.transpose(1, 2, 0), 8, in_place=True)
+        )
+        replay = _Replay([levels for _, levels in made])
+        for name, upscale in (("model", upscaler), ("replay", replay)):
+            plan = plan_video_job(clip, tmp_path / f"{name}.mp4", scale=4, model_key={}, audio=False)
             run_video_job(plan, upscale, resume=False)
-            with av.open(str(destination)) as container:
-                outputs[name] = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-    assert len(outputs["model"]) == 3
-    for made, replayed in zip(outputs["model"], outputs["replay"], strict=True):
-        assert (made == replayed).all()
+    model, replayed = written.values()
+    assert [pts for pts, _ in model] == [pts for pts, _ in replayed] and len(model) == 3
+    for (_, by_model), (_, by_replay), stored in zip(model, replayed, replay.outputs, strict=True):
+        assert by_model.shape == (48, 64, 3) and by_model.dtype == np.uint8
+        assert (by_model == by_replay).all() and (by_model == stored).all()
 
 
 def test_outputs_too_big_to_hold_leave_the_io_unmeasured(tmp_path: Path, monkeypatch) -> None:

@@ -18,6 +18,7 @@ from upscaler.encoding import (
     PartWriter,
     bound_lookahead,
     frame_size,
+    lookahead_frames,
     quantize,
     resolve_encoding,
 )
@@ -222,6 +223,15 @@ def test_rgb_pixel_formats_are_tagged_rgb_and_keep_their_colours(
     assert part.colour.matrix == "gbr" and not part.is_yuv
     means = clips.bar_means(next(decode_frames(part)).rgb)
     assert np.abs(means - np.array(clips.BARS)).max() <= 2.0
+
+
+def test_lookahead_frames_are_the_chosen_then_the_presets(tmp_path: Path, cfr: VideoInfo) -> None:
+    def held(path: str, **settings) -> int:
+        return lookahead_frames(resolve_encoding(tmp_path / path, cfr, EncodeSettings(**settings)))
+
+    assert held("o.mp4") == 40 and held("o.mp4", preset="veryfast") == 10
+    assert held("o.mp4", options=(("rc-lookahead", "12"),)) == 12
+    assert held("o.webm") == 0  # not x264
 
 
 def test_libx264rgb_takes_crf_and_preset(cfr: VideoInfo) -> None:

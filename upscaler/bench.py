@@ -21,7 +21,6 @@ before each measurement.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import os
 import platform
@@ -796,6 +795,7 @@ def measure_video(
                 return quantize(rows.transpose(1, 2, 0), bits, in_place=True)
 
             replay = _Replay([levels for _, levels in upscaler.upscale_stream(enumerate(decoded), finish)])
+            io_only = functools.partial(run_video_job, plan, replay, resume=False)
         else:
             io_problem = f"the {len(decoded)} upscaled frames would take {out_bytes / 2**30:.1f} GiB to hold"
         for _ in range(max(0, warmup - 1 if replay is not None else warmup)):
@@ -811,7 +811,6 @@ def measure_video(
             job_times += time_runs(job, 1, 0, lambda: None).samples
             model_times.append(_timed_with_cpu(model_only, model_cpu))
             if replay is not None:
-                io_only = functools.partial(run_video_job, plan, replay, resume=False)
                 io_times.append(_timed_with_cpu(io_only, io_cpu))
     return VideoRun(
         backend=chosen,
@@ -860,7 +859,8 @@ class _Replay:
     def upscale_stream(
         self, frames: Iterable[tuple[Any, np.ndarray]], finish: Callable | None = None
     ) -> Iterable[tuple[Any, np.ndarray]]:
-        for (key, _), output in zip(frames, itertools.cycle(self.outputs)):
+        # The job decodes the clip the outputs were made from: as many frames as outputs.
+        for (key, _), output in zip(frames, self.outputs, strict=True):
             yield key, output.copy()  # the job may write into what it is given
 
 

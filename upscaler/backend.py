@@ -19,6 +19,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from upscaler.errors import BackendError
+from upscaler.values import Precision
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,9 +32,13 @@ ENTRY_POINT_GROUP = "upscaler.backends"
 # `--backend auto` takes the first of these that can run here, then any other available plugin:
 # TensorRT (it can run only with a CUDA GPU and tensorrt installed), then torch (on CUDA where there is
 # a GPU, else the CPU), then onnxruntime. On the CPU torch is the fastest or as fast for compact (the
-# default model) in fp32 and bf16; for RRDBNet and SRResNet onnxruntime or OpenVINO is 7-27% faster
-# (BENCHMARKS.md), but auto is decided before the model is read, so it does not know which runs.
+# default model) in fp32 and bf16, and level with onnxruntime for SRResNet (BENCHMARKS.md).
 AUTO_PREFERENCE = ("tensorrt", "torch", "onnxruntime")
+# Built-in backends that auto tries before torch for an architecture run in fp32 on the CPU, where they
+# are installed: RRDBNet 6 x 32 took 0.90 s a 320x180 frame on onnxruntime against 1.24 on torch, and
+# the 23 x 64 ESRGAN generator 2.47 against 2.63 (`upscale bench`, 2 cores; BENCHMARKS.md). Not for
+# bf16 or `--precision auto`: onnxruntime has no bf16, and torch's bf16 (0.54 s) beats its fp32.
+CPU_FP32_FIRST: dict[str, tuple[str, ...]] = {"rrdbnet": ("onnxruntime",)}
 # Backends that run only on CUDA, which auto passes over when --device asks for the CPU or MPS.
 CUDA_ONLY = frozenset({"tensorrt"})
 
@@ -72,6 +77,18 @@ def reused_bytes(session: Session) -> int:
     faults would (upscaler.tiling.choose_tile_shape)."""
     value = getattr(session, "reused_bytes", None)
     return value if isinstance(value, int) and value > 0 else 0
+
+
+def runs_on_cpu(device: str) -> bool:
+    """Whether `--device` `device` means the CPU: "cpu", or "auto" on a machine with neither CUDA nor
+    MPS (as torch sees them; without torch, nothing here can use a GPU either)."""
+    if device != "auto":
+        return device == "cpu"
+    try:
+        import torch
+    except ImportError:
+        return True
+    return not (torch.cuda.is_available() or torch.backends.mps.is_available())
 
 
 def largest_input(session: Session) -> tuple[int, int] | None:
@@ -147,16 +164,17 @@ def discover_backends() -> dict[str, BackendStatus]:
     return found
 
 
-def get_backend(name: str, options: BackendOptions | None = None) -> Backend:
+def get_backend(name: str, options: BackendOptions | None = None, arch: str | None = None) -> Backend:
     """The backend called `name`, or the best available one for "auto".
 
     With `options`, auto also passes over backends that cannot serve them (a CUDA-only backend when
-    the device is the CPU or MPS). The backend returned is the real one, so its `name` tells the user
-    what auto picked.
+    the device is the CPU or MPS); with the model's `arch` too, it takes a backend measured faster
+    for that architecture on the CPU (CPU_FP32_FIRST). The backend returned is the real one, so its
+    `name` tells the user what auto picked.
     """
     statuses = discover_backends()
     if name == "auto":
-        return choose_backend(statuses, options)
+        return choose_backend(statuses, options, arch)
     status = statuses.get(name)
     if status is None:
         known = ", ".join(sorted(statuses)) or "none"
@@ -166,10 +184,21 @@ def get_backend(name: str, options: BackendOptions | None = None) -> Backend:
     return status.backend
 
 
-def choose_backend(statuses: dict[str, BackendStatus], options: BackendOptions | None = None) -> Backend:
-    """What `--backend auto` runs: the first of AUTO_PREFERENCE that can run here, then other plugins."""
+def choose_backend(
+    statuses: dict[str, BackendStatus], options: BackendOptions | None = None, arch: str | None = None
+) -> Backend:
+    """What `--backend auto` runs: the first of AUTO_PREFERENCE that can run here, then other plugins;
+    for an `arch` in CPU_FP32_FIRST run in fp32 on the CPU, its faster backends first."""
     order = [n for n in AUTO_PREFERENCE if n in statuses] + sorted(set(statuses) - set(AUTO_PREFERENCE))
     device = options.device if options is not None else "auto"
+    if (
+        arch in CPU_FP32_FIRST
+        and options is not None
+        and options.precision is Precision.FP32
+        and runs_on_cpu(device)
+    ):
+        first = [n for n in CPU_FP32_FIRST[arch] if n in statuses]
+        order = first + [n for n in order if n not in first]
     for candidate in order:
         status = statuses[candidate]
         if not status.available or status.backend is None:

@@ -768,7 +768,7 @@ def measure_video(
     # yuv420p needs even sides.
     width, height = max(2, width - width % 2), max(2, height - height % 2)
     clip = write_test_clip(work_dir / "clip.mp4", width, height, frames)
-    chosen = get_backend(backend, options).name
+    chosen = get_backend(backend, options, loaded.info.arch).name
     destination = work_dir / "upscaled.mp4"
     model_key = {"digest": loaded.digest, "backend": chosen, "precision": options.precision.value}
     plan = plan_video_job(
@@ -876,7 +876,7 @@ def measure_quality(
     from upscaler.evaluation import evaluate_pairs, load_eval_set
     from upscaler.upscaling import open_upscaler
 
-    chosen = get_backend(backend, options).name
+    chosen = get_backend(backend, options, loaded.info.arch).name
     evaluation = load_eval_set(data, loaded.info.scale)
     arrays = [(pair.lr, pair.hr) for pair in evaluation.pairs]
     names = [pair.name for pair in evaluation.pairs]

@@ -107,7 +107,7 @@ def open_upscaler(
 ) -> Iterator[Upscaler]:
     """Load `model` (an id, a file, or an already loaded model), open it on `backend`, close it after."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    chosen = get_backend(backend, backend_options)
+    chosen = get_backend(backend, backend_options, loaded.info.arch)
     session = chosen.open(loaded, backend_options)
     try:
         yield Upscaler(loaded, session, tile_options, backend_name=chosen.name)

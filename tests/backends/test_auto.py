@@ -1,4 +1,5 @@
-"""`--backend auto`: TensorRT where it can run, then torch, then onnxruntime, then other plugins."""
+"""`--backend auto`: TensorRT where it can run, then torch, then onnxruntime, then other plugins;
+onnxruntime first for RRDBNet in fp32 on the CPU."""
 
 from __future__ import annotations
 
@@ -60,3 +61,36 @@ def test_auto_here_is_a_real_backend_with_its_own_name() -> None:
 def test_unknown_and_unavailable_backends() -> None:
     with pytest.raises(BackendError, match="unknown backend 'nope'; known: auto, .*onnxruntime"):
         get_backend("nope")
+
+
+def test_rrdbnet_in_fp32_on_the_cpu_takes_onnxruntime_first() -> None:
+    # Measured faster for RRDBNet on the CPU (upscaler.backend.CPU_FP32_FIRST); elsewhere the usual order.
+    from upscaler.values import Precision
+
+    found = statuses(onnxruntime=None, torch=None, tensorrt="no GPU")
+    cpu = BackendOptions(device="cpu", precision=Precision.FP32)
+    assert choose_backend(found, cpu, "rrdbnet").name == "onnxruntime"
+    assert choose_backend(found, cpu, "compact").name == "torch"
+    assert choose_backend(found, cpu).name == "torch"  # the model not known
+    # bf16 and auto precision keep torch: onnxruntime has no bf16
+    for precision in (Precision.BF16, Precision.AUTO):
+        assert (
+            choose_backend(found, BackendOptions(device="cpu", precision=precision), "rrdbnet").name
+            == "torch"
+        )
+    # a GPU device, and a machine without onnxruntime, keep the usual order
+    assert (
+        choose_backend(found, BackendOptions(device="cuda", precision=Precision.FP32), "rrdbnet").name
+        == "torch"
+    )
+    without = statuses(onnxruntime="onnxruntime is not installed", torch=None)
+    assert choose_backend(without, cpu, "rrdbnet").name == "torch"
+
+
+def test_runs_on_cpu() -> None:
+    import torch
+
+    from upscaler.backend import runs_on_cpu
+
+    assert runs_on_cpu("cpu") and not runs_on_cpu("cuda:0") and not runs_on_cpu("mps")
+    assert runs_on_cpu("auto") == (not (torch.cuda.is_available() or torch.backends.mps.is_available()))

@@ -44,6 +44,7 @@ def eval_command(
     """
     from upscaler.errors import InputError
     from upscaler.evaluation import check_eval_folder, evaluate_pairs, load_eval_set
+    from upscaler.models import load_model
     from upscaler.upscaling import open_upscaler
 
     if bicubic_only and click.get_current_context().get_parameter_source("model").name != "DEFAULT":
@@ -58,8 +59,9 @@ def eval_command(
             )
             described = "bicubic only"
         else:
-            run = resolve_model_run(run)
-            with open_upscaler(run.model, run.backend, run.backend_options, run.tile_options) as upscaler:
+            loaded = load_model(run.model)
+            run = resolve_model_run(run, loaded.info.arch)
+            with open_upscaler(loaded, run.backend, run.backend_options, run.tile_options) as upscaler:
                 if scale is not None and scale != upscaler.scale:
                     raise InputError(
                         f"--scale: {scale} does not match model '{upscaler.model_name}', "

@@ -51,14 +51,16 @@ def images(
     PNG, JPEG, WebP, TIFF and BMP; alpha, 16-bit and grayscale are kept.
     """
     from upscaler.image_job import find_images, plan_outputs, run_image_job, scale_suffix
+    from upscaler.models import load_model
     from upscaler.upscaling import open_upscaler
 
     if skip_existing and overwrite:
         raise click.UsageError("--skip-existing and --overwrite exclude each other")
     # Outputs inside an input folder must not become inputs of the next run.
     found = find_images(list(inputs), pattern, exclude=[output_dir] if output_dir else [])
-    run = resolve_model_run(run)
-    with open_upscaler(run.model, run.backend, run.backend_options, run.tile_options) as upscaler:
+    loaded = load_model(run.model)
+    run = resolve_model_run(run, loaded.info.arch)
+    with open_upscaler(loaded, run.backend, run.backend_options, run.tile_options) as upscaler:
         scale = upscaler.scale
         plan = plan_outputs(
             found,

@@ -150,16 +150,17 @@ def model_options(func):
     return command
 
 
-def resolve_model_run(run: ModelRun) -> ModelRun:
+def resolve_model_run(run: ModelRun, arch: str | None = None) -> ModelRun:
     """`run` with `--backend auto` and `--precision auto` decided; says on stderr what auto chose.
 
     Call it before opening the model, so that what is opened (and what a video journal records) is
-    the concrete precision.
+    the concrete precision; `arch`, the model's architecture, lets auto take the backend measured
+    fastest for it (upscaler.backend.CPU_FP32_FIRST).
     """
     from upscaler.backend import get_backend
     from upscaler.precision import resolve_precision
 
-    backend = get_backend(run.backend, run.backend_options)
+    backend = get_backend(run.backend, run.backend_options, arch)
     options, reason = resolve_precision(backend, run.backend_options)
     if reason is not None:
         click.echo(f"Precision: {options.precision.value} ({reason})", err=True)

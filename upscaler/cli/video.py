@@ -153,7 +153,7 @@ def video(
     os.environ.setdefault("SVT_LOG", "1")
     loaded = load_model(run.model)
     # --backend auto and --precision auto decided here, so the journal records what really runs.
-    run = resolve_model_run(run)
+    run = resolve_model_run(run, loaded.info.arch)
     backend_name = run.backend
     # What about the model and its running changes the pixels, so a journal made otherwise is not reused.
     tiles = run.tile_options

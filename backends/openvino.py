@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from upscaler.models import LoadedModel
     from upscaler.options import BackendOptions
 
+SPLIT_DENSE = "split-dense"
 INSTALL_HINT = "openvino is not installed: pip install 'upscaler[openvino]'"
 ONNX_HINT = "onnx is not installed (the graph is exported through it): pip install 'upscaler[openvino]'"
 DEVICE = "CPU"
@@ -127,7 +128,10 @@ class OpenVINOSession(ClosingSession):
         # 0.45-0.49 in fours (upscaler.backend.preferred_batch).
         self.preferred_batch = 1
         # fp32 graph for every precision: OpenVINO lowers it to bf16 or f16 itself, from the hint below.
-        self.export = cached_onnx(model, Precision.FP32, cache_dir)
+        # RRDBNet with its dense blocks split (upscaler.models.rrdbnet.SPLIT_DENSE) ran faster here: bf16
+        # 0.463 s against 0.491 a 320x180 frame, fp32 0.922 against 0.940 (6 alternating runs each).
+        # Architectures without that form get the plain graph.
+        self.export = cached_onnx(model, Precision.FP32, cache_dir, form=SPLIT_DENSE)
 
         wanted = getattr(ov.Type, ELEMENT_TYPE[precision])
         config = {

@@ -159,11 +159,14 @@ def export_onnx(
     path: str | Path,
     precision: Precision = Precision.FP32,
     fp32_layers: Sequence[str] | None = None,
+    form: str | None = None,
 ) -> OnnxExport:
     """Export `model` to an ONNX file at `path` (written atomically) and check it with onnx.checker.
 
     precision: FP32, or FP16 (fp32 input/output; `fp32_layers` kept in fp32, by default the ones
-    `find_fp16_overflows` finds). BF16 is refused (see the module docstring).
+    `find_fp16_overflows` finds). BF16 is refused (see the module docstring). form: one of the
+    architecture's `forms` (the same function computed another way, which some runtime runs faster);
+    an architecture without that form is exported as it is.
     """
     import torch
 
@@ -181,6 +184,11 @@ def export_onnx(
     else:
         layers = ()
         network = copy.deepcopy(model.module).float().eval()
+    form = _known_form(model, form)
+    if form is not None:
+        from upscaler.models import get_architecture
+
+        network = get_architecture(model.info.arch).forms[form](network)
     side = model.info.requirement.padded(32)
     example = torch.rand(1, model.info.in_channels, side, side)
 
@@ -217,6 +225,7 @@ def export_onnx(
                 "multiple_of": str(model.info.requirement.multiple_of),
                 "precision": precision.value,
                 "fp32_layers": ",".join(layers),
+                "form": form or "",
                 "export_format": str(EXPORT_FORMAT),
                 "exporter": f"torch {torch.__version__} (TorchScript exporter)",
             }
@@ -244,15 +253,20 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     return {prop.key: prop.value for prop in proto.metadata_props}
 
 
-def cached_onnx(model: LoadedModel, precision: Precision, cache_dir: Path | None = None) -> OnnxExport:
-    """The exported graph of `model` in `precision`, exported once per weights digest and reused.
+def cached_onnx(
+    model: LoadedModel, precision: Precision, cache_dir: Path | None = None, form: str | None = None
+) -> OnnxExport:
+    """The exported graph of `model` in `precision` (and `form`, see `export_onnx`), exported once per
+    weights digest and reused.
 
     Kept under `<cache>/onnx/`; a file whose metadata does not match (another export format, a
-    damaged file) is exported again.
+    damaged file) is exported again. An architecture without `form` shares the plain export.
     """
     folder = (cache_dir or default_cache_dir()) / "onnx"
-    path = (
-        folder / f"{model.digest}-{model.info.arch}-x{model.info.scale}-{precision.value}-opset{OPSET}.onnx"
+    form = _known_form(model, form)
+    suffix = f"-{form}" if form else ""
+    path = folder / (
+        f"{model.digest}-{model.info.arch}-x{model.info.scale}-{precision.value}{suffix}-opset{OPSET}.onnx"
     )
     if path.is_file():
         try:
@@ -263,10 +277,18 @@ def cached_onnx(model: LoadedModel, precision: Precision, cache_dir: Path | None
             metadata.get("weights_digest") == model.digest
             and metadata.get("export_format") == str(EXPORT_FORMAT)
             and metadata.get("precision") == precision.value
+            and metadata.get("form", "") == (form or "")
         ):
             layers = tuple(filter(None, metadata.get("fp32_layers", "").split(",")))
             return OnnxExport(path=path, precision=precision, opset=OPSET, fp32_layers=layers)
-    return export_onnx(model, path, precision)
+    return export_onnx(model, path, precision, form=form)
+
+
+def _known_form(model: LoadedModel, form: str | None) -> str | None:
+    """`form` where the model's architecture has it, else None (the plain export)."""
+    from upscaler.models import get_architecture
+
+    return form if form in get_architecture(model.info.arch).forms else None
 
 
 def compare_with_torch(model: LoadedModel, path: str | Path, batch: np.ndarray) -> float:

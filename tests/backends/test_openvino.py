@@ -189,3 +189,12 @@ def test_auto_precision_is_bf16_exactly_where_the_cpu_has_it(monkeypatch) -> Non
     monkeypatch.setattr(precision, "cpu_bf16_feature", lambda: None)
     choice = plugin.OpenVINOBackend().auto_precision(BackendOptions(precision=Precision.AUTO))
     assert choice.precision is Precision.FP32
+
+
+def test_rrdbnet_runs_its_split_dense_form(tmp_path: Path) -> None:
+    # measured faster on OpenVINO (backends/openvino.py); the same function within fp32 rounding
+    rrdb = load_model(tiny_weights(tmp_path, "rrdbnet"))
+    with OpenVINOBackend(cache_dir=tmp_path).open(rrdb, BackendOptions(device="cpu")) as session:
+        assert "split-dense" in session.export.path.name
+        x = batch(1, 16, 16)
+        np.testing.assert_allclose(session.infer(x), reference(rrdb, x), atol=1e-4)

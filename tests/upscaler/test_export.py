@@ -224,3 +224,27 @@ def test_atomic_write_to_an_unwritable_place_is_an_output_error(tmp_path: Path) 
     blocker.write_bytes(b"")
     with pytest.raises(OutputError, match="cannot write"):
         write_bytes_atomically(blocker / "below" / "x.bin", b"data")
+
+
+def test_a_form_is_exported_where_the_architecture_has_it(tmp_path: Path) -> None:
+    rrdb = load_model(variant_weights(tmp_path, "rrdbnet-x4"))
+    split = cached_onnx(rrdb, Precision.FP32, tmp_path, form="split-dense")
+    plain = cached_onnx(rrdb, Precision.FP32, tmp_path)
+    assert split.path != plain.path and "split-dense" in split.path.name
+    assert read_onnx_metadata(split.path)["form"] == "split-dense"
+    assert read_onnx_metadata(plain.path)["form"] == ""
+    # the same function: concatenations only of the new features, so narrower ones
+    assert compare_with_torch(rrdb, split.path, real_batch(24, 32, 1)) < 1e-4
+
+    def widest_concat(path: Path) -> int:
+        graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
+        shapes = {v.name: v.type.tensor_type.shape.dim for v in graph.value_info}
+        concats = [n.output[0] for n in graph.node if n.op_type == "Concat" and n.output[0] in shapes]
+        return max(shapes[name][1].dim_value for name in concats)
+
+    assert widest_concat(split.path) < widest_concat(plain.path)
+    # an architecture without that form shares the plain export
+    compact = load_model(variant_weights(tmp_path, "compact"))
+    assert cached_onnx(compact, Precision.FP32, tmp_path, form="split-dense").path == (
+        cached_onnx(compact, Precision.FP32, tmp_path).path
+    )

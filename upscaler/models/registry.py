@@ -21,11 +21,13 @@ from torch import nn
 from upscaler.errors import ModelError
 from upscaler.models.compact import SRVGGNetCompact
 from upscaler.models.rrdbnet import (
+    SPLIT_DENSE,
     RRDBNet,
     convert_esrgan_state_dict,
     convert_mmsr_state_dict,
     is_esrgan_state_dict,
     is_mmsr_state_dict,
+    split_dense_blocks,
 )
 from upscaler.models.srresnet import MSRResNet, SRResNet, SRResNetInference
 from upscaler.values import SizeRequirement
@@ -273,6 +275,9 @@ class Architecture:
     bytes_per_pixel: Callable[[Config], int]
     multiple_of: Callable[[Config], int] = lambda config: 1
     inference: Callable[[nn.Module], nn.Module] = _as_is
+    # Other forms of the inference module that an export may ask for by name, each the same function
+    # computed another way that some runtime runs faster (see upscaler.export.cached_onnx).
+    forms: Mapping[str, Callable[[nn.Module], nn.Module]] = field(default_factory=dict)
 
     def build(self, config: Config) -> nn.Module:
         return self.cls(**config)
@@ -327,6 +332,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         overlap_cap=32,
         bytes_per_pixel=_rrdbnet_bytes,
         multiple_of=_rrdbnet_unshuffle,
+        forms={SPLIT_DENSE: split_dense_blocks},
     ),
     "compact": Architecture(
         name="compact",

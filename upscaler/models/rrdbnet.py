@@ -14,6 +14,7 @@ Two older layouts of the same network are converted to these keys: the original 
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -53,6 +54,7 @@ class RRDB(nn.Module):
 
     def __init__(self, num_feat: int = 64, num_grow_ch: int = 32) -> None:
         super().__init__()
+        self.num_feat = num_feat
         self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
         self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
         self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
@@ -64,10 +66,61 @@ class RRDB(nn.Module):
             # takes a convolution, with the residual Add fused into it, but not a scalar Mul. With the
             # Mul, every RRDB's output went back to NCHW, and each concatenation of the next dense
             # blocks with it: RRDBNet ran 9% slower, 11% of its time in layout reorders.
-            channels = self.rdb3.conv5.out_channels  # a constant: a traced shape would not be
-            weight = torch.full((channels, 1, 1, 1), 0.2, dtype=out.dtype, device=out.device)
-            return F.conv2d(out, weight, groups=channels) + x
+            # num_feat, a constant: a traced shape would not be
+            weight = torch.full((self.num_feat, 1, 1, 1), 0.2, dtype=out.dtype, device=out.device)
+            return F.conv2d(out, weight, groups=self.num_feat) + x
         return out * 0.2 + x
+
+
+# The export form of RRDBNet with SplitDenseBlocks (upscaler.models.registry.Architecture.forms).
+SPLIT_DENSE = "split-dense"
+
+
+class SplitDenseBlock(nn.Module):
+    """A ResidualDenseBlock computed another way; the same function up to rounding.
+
+    Each of its convolutions reads [x, x1, ..., xk]; by linearity that is one convolution of x plus one
+    of [x1, ..., xk], summed. The parts on x are computed first, so the concatenations hold only the
+    new features, half the channels. OpenVINO ran RRDBNet 6-9% faster this way in bf16 (0.463 s against
+    0.491 at 320x180) and 2% in fp32, while ONNX Runtime ran it 10% slower (it cannot keep the sums in
+    its blocked layout): an export form a backend asks for (`Architecture.forms`), not the default.
+    """
+
+    def __init__(self, block: ResidualDenseBlock) -> None:
+        super().__init__()
+        convs = (block.conv1, block.conv2, block.conv3, block.conv4, block.conv5)
+        width = block.conv1.in_channels
+        self.on_input = nn.ModuleList(_part(conv, 0, width, bias=True) for conv in convs)
+        self.on_features = nn.ModuleList(
+            _part(conv, width, conv.in_channels, bias=False) for conv in convs[1:]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [conv(x) for conv in self.on_input]
+        features = [F.leaky_relu(parts[0], 0.2)]
+        for part, conv in zip(parts[1:-1], self.on_features[:-1], strict=True):
+            joined = features[0] if len(features) == 1 else torch.cat(features, 1)
+            features.append(F.leaky_relu(part + conv(joined), 0.2))
+        return (parts[-1] + self.on_features[-1](torch.cat(features, 1))) * 0.2 + x
+
+
+def _part(conv: nn.Conv2d, start: int, stop: int, *, bias: bool) -> nn.Conv2d:
+    """The convolution of `conv`'s input channels start..stop alone (with its bias, or none)."""
+    part = nn.Conv2d(stop - start, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=bias)
+    with torch.no_grad():
+        part.weight.copy_(conv.weight[:, start:stop])
+        if bias:
+            part.bias.copy_(conv.bias)
+    return part.requires_grad_(False)
+
+
+def split_dense_blocks(module: nn.Module) -> nn.Module:
+    """A copy of an RRDBNet whose dense blocks are SplitDenseBlocks (the same function)."""
+    assert isinstance(module, RRDBNet)
+    split = copy.deepcopy(module)
+    for rrdb in split.body:
+        rrdb.rdb1, rrdb.rdb2, rrdb.rdb3 = (SplitDenseBlock(b) for b in (rrdb.rdb1, rrdb.rdb2, rrdb.rdb3))
+    return split.eval()
 
 
 # Real-ESRGAN keeps the x4 body for scales 2 and 1 by folding pixels into channels first.

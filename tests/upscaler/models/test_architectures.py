@@ -329,3 +329,28 @@ def test_the_compact_body_starts_with_a_signal_it_can_learn_from() -> None:
     with torch.no_grad():
         residual = net(x) - F.interpolate(x, scale_factor=4, mode="nearest")
     assert 1e-3 < float(residual.abs().mean()) < 0.5
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_rrdbnet_split_dense_form_keeps_the_output(randomize, scale):
+    from upscaler.models.rrdbnet import SPLIT_DENSE, SplitDenseBlock, split_dense_blocks
+
+    config = {
+        "num_in_ch": 3,
+        "num_out_ch": 3,
+        "scale": scale,
+        "num_feat": 8,
+        "num_block": 2,
+        "num_grow_ch": 4,
+    }
+    net = randomize(build_model("rrdbnet", config)).eval()
+    split = split_dense_blocks(net)
+    assert ARCHITECTURES["rrdbnet"].forms[SPLIT_DENSE] is split_dense_blocks
+    blocks = [m for m in split.modules() if isinstance(m, SplitDenseBlock)]
+    assert len(blocks) == 2 * 3 and not any(isinstance(m, SplitDenseBlock) for m in net.modules())
+    # each part reads the block's input (8 channels) or only the new features (4 per layer so far)
+    assert [c.in_channels for c in blocks[0].on_input] == [8] * 5
+    assert [c.in_channels for c in blocks[0].on_features] == [4, 8, 12, 16]
+    x = torch.rand(2, 3, 12, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(split(x), net(x), atol=1e-5, rtol=0)

@@ -66,7 +66,7 @@ class RRDB(nn.Module):
             # takes a convolution, with the residual Add fused into it, but not a scalar Mul. With the
             # Mul, every RRDB's output went back to NCHW, and each concatenation of the next dense
             # blocks with it: RRDBNet ran 9% slower, 11% of its time in layout reorders.
-            # num_feat, a constant: a traced shape would not be
+            # num_feat, not out.shape[1]: a shape read while tracing is not a constant
             weight = torch.full((self.num_feat, 1, 1, 1), 0.2, dtype=out.dtype, device=out.device)
             return F.conv2d(out, weight, groups=self.num_feat) + x
         return out * 0.2 + x

@@ -268,6 +268,9 @@ class BenchSettings:
     frames: int = 24
     video_backend: str = "auto"
     video_precision: Precision = Precision.FP32
+    # The video job's encoder settings, as `upscale video --preset / --encoder-option` take them.
+    preset: str | None = None
+    encoder_options: tuple[tuple[str, str], ...] = ()
     eval_data: Path | None = None
 
 
@@ -757,10 +760,12 @@ def measure_video(
     repeat: int,
     warmup: int,
     work_dir: Path,
+    preset: str | None = None,
+    encoder_options: tuple[tuple[str, str], ...] = (),
 ) -> VideoRun:
     """`upscale video`'s job on a generated clip, and the same upscaler on the same frames alone."""
     from upscaler.backend import get_backend
-    from upscaler.encoding import level_dtype, lookahead_frames, quantize
+    from upscaler.encoding import EncodeSettings, level_dtype, lookahead_frames, quantize
     from upscaler.upscaling import open_upscaler
     from upscaler.video import decode_frames, probe_video
     from upscaler.video_job import plan_video_job, run_video_job
@@ -772,7 +777,13 @@ def measure_video(
     destination = work_dir / "upscaled.mp4"
     model_key = {"digest": loaded.digest, "backend": chosen, "precision": options.precision.value}
     plan = plan_video_job(
-        clip, destination, scale=loaded.info.scale, model_key=model_key, audio=False, overwrite=True
+        clip,
+        destination,
+        scale=loaded.info.scale,
+        model_key=model_key,
+        settings=EncodeSettings(preset=preset, options=encoder_options),
+        audio=False,
+        overwrite=True,
     )
     decoded = [frame.rgb for frame in decode_frames(probe_video(clip))]
     bits = plan.encoding.bit_depth
@@ -827,6 +838,23 @@ def measure_video(
         cores=usable_cores(),
         io_problem=io_problem,
         lookahead=lookahead_frames(plan.encoding),
+    )
+
+
+def check_video_settings(settings: BenchSettings, scale: int, work_dir: Path) -> None:
+    """Raise the error `upscale video` would give for the video job's encoder settings."""
+    from upscaler.encoding import EncodeSettings
+    from upscaler.video_job import plan_video_job
+
+    clip = write_test_clip(work_dir / "check.mp4", 16, 16, 1)
+    plan_video_job(
+        clip,
+        work_dir / "check-upscaled.mp4",
+        scale=scale,
+        model_key={},
+        settings=EncodeSettings(preset=settings.preset, options=settings.encoder_options),
+        audio=False,
+        overwrite=True,
     )
 
 
@@ -947,6 +975,10 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> Benc
                 f"the model needs multiples of {info.requirement.multiple_of}"
             )
 
+        if settings.video:
+            # A bad --preset or --encoder-option stops here, not after minutes of measuring.
+            check_video_settings(settings, info.scale, work_dir)
+
         # The reference is sampled again before each timed run of a model (measure_backend), and its
         # table pools every sample: the host's load moves both together, so the fractions compare like
         # with like.
@@ -1014,6 +1046,8 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> Benc
                     repeat=settings.repeat,
                     warmup=settings.warmup,
                     work_dir=work_dir,
+                    preset=settings.preset,
+                    encoder_options=settings.encoder_options,
                 )
             except BackendError as error:
                 video = VideoRun(

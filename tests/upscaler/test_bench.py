@@ -179,6 +179,7 @@ def test_help_names_the_options() -> None:
     assert result.exit_code == 0
     for flag in ("--model", "--backend", "--precision", "--size", "--repeat", "--json", "--eval-data"):
         assert flag in result.output
+    assert "--preset" in result.output and "--encoder-option" in result.output
 
 
 def test_bad_size_is_a_usage_error() -> None:
@@ -207,6 +208,16 @@ def test_command_table_and_json(tmp_path: Path) -> None:
     assert any(line.split()[:2] == ["torch", "fp32"] for line in output.splitlines())
     assert "upscale video (end to end)" in output and "pipeline efficiency" in output
     assert "decode + encode alone" in output and "the job can reach at most" in output
+
+    # the video job with the encoder settings `upscale video` would take
+    result = run_cli(*common, "--preset", "veryfast", "--encoder-option", "rc-lookahead=3")
+    assert result.exit_code == 0, result.output
+    assert "preset veryfast" in result.stdout and "rc-lookahead=3" in result.stdout
+    assert "looks ahead 3 frames: with 2" in result.stdout
+    result = run_cli(*common, "--preset", "warp")
+    assert result.exit_code == 1 and "--preset: libx264 knows" in result.output
+    assert "Traceback" not in result.output
+    assert "3x3 conv" not in result.output  # stopped before measuring anything
 
     result = run_cli(*common, "--no-video", "--json")
     assert result.exit_code == 0, result.output

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import ModelRun, model_options, print_table
+from upscaler.cli.options import KeyValue, ModelRun, model_options, print_table
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -48,13 +48,23 @@ class FrameSize(click.ParamType):
     help="Frames of the video clip (the encoder's flush after the last frame weighs less in more).",
 )
 @click.option("--no-video", is_flag=True, help="Leave out the end-to-end video measurement.")
+@click.option("--preset", help="The video job's encoder preset, as for `upscale video` (default: medium).")
+@click.option(
+    "--encoder-option",
+    "encoder_options",
+    type=KeyValue(),
+    multiple=True,
+    help="An option for the video job's encoder, KEY=VALUE (repeatable), as for `upscale video`.",
+)
 @click.option(
     "--eval-data",
     type=click.Path(path_type=Path),
     help="A benchmark set (as for `upscale eval --data`) to measure bf16's PSNR cost against fp32 on.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of tables.")
-def bench(run: ModelRun, size, repeat, warmup, frames, no_video, eval_data, as_json) -> None:
+def bench(
+    run: ModelRun, size, repeat, warmup, frames, no_video, preset, encoder_options, eval_data, as_json
+) -> None:
     """Measure this machine and the model on it.
 
     A plain 64->64 3x3 convolution (the practical limit here); the model on every available backend and
@@ -87,6 +97,8 @@ def bench(run: ModelRun, size, repeat, warmup, frames, no_video, eval_data, as_j
         frames=frames,
         video_backend=run.backend,
         video_precision=options.precision,
+        preset=preset,
+        encoder_options=tuple(encoder_options),
         eval_data=eval_data,
     )
     report = run_bench(settings, progress=lambda line: click.echo(f"bench: {line} ...", err=True))

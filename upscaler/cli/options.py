@@ -150,6 +150,20 @@ def model_options(func):
     return command
 
 
+class KeyValue(click.ParamType):
+    """KEY=VALUE, handed to the encoder as it is."""
+
+    name = "KEY=VALUE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        key, sep, text = str(value).partition("=")
+        if not sep or not key.strip():
+            self.fail(f"expected KEY=VALUE, e.g. tune=film (got {value!r})", param, ctx)
+        return (key.strip(), text)
+
+
 def resolve_model_run(run: ModelRun, arch: str | None = None) -> ModelRun:
     """`run` with `--backend auto` and `--precision auto` decided; says on stderr what auto chose.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import ModelRun, model_options, resolve_model_run
+from upscaler.cli.options import KeyValue, ModelRun, model_options, resolve_model_run
 from upscaler.errors import OutputError
 
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)$")
@@ -48,20 +48,6 @@ class Seconds(click.ParamType):
         if seconds < 0:
             self.fail(f"must be 0 or more seconds (got {value})", param, ctx)
         return seconds
-
-
-class KeyValue(click.ParamType):
-    """KEY=VALUE, handed to the encoder as it is."""
-
-    name = "KEY=VALUE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        key, sep, text = str(value).partition("=")
-        if not sep or not key.strip():
-            self.fail(f"expected KEY=VALUE, e.g. tune=film (got {value!r})", param, ctx)
-        return (key.strip(), text)
 
 
 @click.command()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import KeyValue, ModelRun, model_options, print_table
+from upscaler.cli.options import ModelRun, encoder_option, model_options, print_table
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -49,13 +49,7 @@ class FrameSize(click.ParamType):
 )
 @click.option("--no-video", is_flag=True, help="Leave out the end-to-end video measurement.")
 @click.option("--preset", help="The video job's encoder preset, as for `upscale video` (default: medium).")
-@click.option(
-    "--encoder-option",
-    "encoder_options",
-    type=KeyValue(),
-    multiple=True,
-    help="An option for the video job's encoder, KEY=VALUE (repeatable), as for `upscale video`.",
-)
+@encoder_option("An option for the video job's encoder, KEY=VALUE (repeatable), as for `upscale video`.")
 @click.option(
     "--eval-data",
     type=click.Path(path_type=Path),

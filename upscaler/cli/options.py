@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -162,6 +163,11 @@ class KeyValue(click.ParamType):
         if not sep or not key.strip():
             self.fail(f"expected KEY=VALUE, e.g. tune=film (got {value!r})", param, ctx)
         return (key.strip(), text)
+
+
+def encoder_option(help: str) -> Callable:
+    """The repeatable `--encoder-option KEY=VALUE` of `upscale video` and `upscale bench`."""
+    return click.option("--encoder-option", "encoder_options", type=KeyValue(), multiple=True, help=help)
 
 
 def resolve_model_run(run: ModelRun, arch: str | None = None) -> ModelRun:

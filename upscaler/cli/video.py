@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import KeyValue, ModelRun, model_options, resolve_model_run
+from upscaler.cli.options import ModelRun, encoder_option, model_options, resolve_model_run
 from upscaler.errors import OutputError
 
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)$")
@@ -68,13 +68,7 @@ class Seconds(click.ParamType):
 )
 @click.option("--preset", help="Encoder speed preset, e.g. slow, medium (the default), veryfast.")
 @click.option("--pix-fmt", help="Output pixel format (default: from the codec and the source's bit depth).")
-@click.option(
-    "--encoder-option",
-    "encoder_options",
-    type=KeyValue(),
-    multiple=True,
-    help="An option for the encoder, KEY=VALUE (repeatable), e.g. tune=film or x264-params=aq-mode=3.",
-)
+@encoder_option("An option for the encoder, KEY=VALUE (repeatable), e.g. tune=film or x264-params=aq-mode=3.")
 @click.option("--start", type=Seconds(), help="Start this far into the video (seconds or [H:]M:S).")
 @click.option(
     "--duration",

@@ -765,7 +765,7 @@ def measure_video(
 ) -> VideoRun:
     """`upscale video`'s job on a generated clip, and the same upscaler on the same frames alone."""
     from upscaler.backend import get_backend
-    from upscaler.encoding import EncodeSettings, level_dtype, lookahead_frames, quantize
+    from upscaler.encoding import EncodeSettings, level_dtype, lookahead_frames, row_quantizer, usable_cores
     from upscaler.upscaling import open_upscaler
     from upscaler.video import decode_frames, probe_video
     from upscaler.video_job import plan_video_job, run_video_job
@@ -801,11 +801,8 @@ def measure_video(
         replay: _Replay | None = None
         io_problem = None
         if out_bytes <= REPLAY_BYTES:
-
-            def finish(rows: np.ndarray) -> np.ndarray:
-                return quantize(rows.transpose(1, 2, 0), bits, in_place=True)
-
-            replay = _Replay([levels for _, levels in upscaler.upscale_stream(enumerate(decoded), finish)])
+            made = upscaler.upscale_stream(enumerate(decoded), row_quantizer(bits))
+            replay = _Replay([levels for _, levels in made])
             io_only = functools.partial(run_video_job, plan, replay, resume=False)
         else:
             io_problem = f"the {len(decoded)} upscaled frames would take {out_bytes / 2**30:.1f} GiB to hold"
@@ -866,14 +863,6 @@ def _timed_with_cpu(run: Callable[[], object], cpu: list[float]) -> float:
     seconds, after = time.perf_counter() - start, time.process_time()
     cpu.append(after - before)
     return seconds
-
-
-def usable_cores() -> int:
-    """The CPUs this process may run on (its affinity where the platform says, else all)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 class _Replay:

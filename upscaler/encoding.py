@@ -19,6 +19,7 @@ import functools
 import io
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,8 @@ _BASE_OPTIONS = {
 PART_SUFFIX = ".nut"
 FIRST_PTS_KEY = "upscale_first_pts"
 _PART_FORMAT = "nut"
+
+
 # Threads each part's encoder may use: one per core this process may run on. FFmpeg's own choice (0)
 # lets x264 take half as many again (3 frame threads on 2 cores), and each frame thread holds frames: at
 # 5120x2880 (`medium`, look-ahead 12) x264 alone peaked at 1737 MiB with 3 threads, 1518 with 2, 1302
@@ -94,7 +97,14 @@ _PART_FORMAT = "nut"
 # encoder thread stalls one of the model's threads at a time, and the other waits for it (320x180 x4
 # with compact: 80% of the model's fps end to end against 89% with x264's own threads). To measure on a
 # machine with a GPU: with a CPU-bound encoder (x265, AV1) the encode queue fills up.
-ENCODER_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity where the platform has one, else all; 0 if unknown."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 0  # macOS, Windows
+
+
+ENCODER_THREADS = usable_cores()
 _DEEP_FORMATS = ("yuv420p10le", "yuv422p10le", "yuv444p10le", "yuv420p12le", "yuv420p16le", "p010le")
 
 
@@ -390,6 +400,16 @@ def quantize(rgb: np.ndarray, bits: int, *, in_place: bool = False) -> np.ndarra
     # Row-major whatever the layout of `rgb` (a transposed view of a C x H x W frame, say): the encoder
     # reads the levels as rows of pixels.
     return levels.astype(level_dtype(bits), order="C")
+
+
+def row_quantizer(bits: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A tiler `finish` (upscaler.tiling.Finish): C x rows x W float32 rows, which it may overwrite,
+    -> rows x W x C levels for an encoding of `bits` bits (see `quantize`)."""
+
+    def finish(rows: np.ndarray) -> np.ndarray:
+        return quantize(rows.transpose(1, 2, 0), bits, in_place=True)
+
+    return finish
 
 
 class PartWriter:

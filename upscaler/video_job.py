@@ -64,6 +64,7 @@ from upscaler.encoding import (
     level_dtype,
     quantize,
     resolve_encoding,
+    row_quantizer,
 )
 from upscaler.errors import InputError, OutputError, UpscaleError
 from upscaler.files import write_bytes_atomically
@@ -975,13 +976,9 @@ def _upscale_frames(
     """The infer stage with batches across frames: the same frames out as `_upscale_frame` gives."""
     pairs = ((frame, frame.rgb) for frame in frames)
     if plan.outscale in (None, plan.scale):
-        bits = plan.encoding.bit_depth
-
-        def finish(rows: np.ndarray) -> np.ndarray:
-            return quantize(rows.transpose(1, 2, 0), bits, in_place=True)
-
         # Quantized as the rows of each frame are stitched: at 720p x4 no float32 frame (177 MB) is
         # held whole. The tiler has checked every batch's size against the model's scale.
+        finish = row_quantizer(plan.encoding.bit_depth)
         for frame, levels in upscale.upscale_stream(pairs, finish=finish):
             yield _Upscaled(frame.pts, frame.key_frame, levels)
         return

@@ -310,9 +310,7 @@ def test_the_replayed_job_encodes_what_the_model_made(tmp_path: Path, monkeypatc
     loaded = load_model(tiny_weights(tmp_path, "compact"))
     frames = [frame.rgb for frame in decode_frames(probe_video(clip))]
     with open_upscaler(loaded, "torch", BackendOptions(device="cpu"), TileOptions()) as upscaler:
-        made = upscaler.upscale_stream(
-            enumerate(frames), lambda rows: encoding.quantize(rows.transpose(1, 2, 0), 8, in_place=True)
-        )
+        made = upscaler.upscale_stream(enumerate(frames), encoding.row_quantizer(8))
         replay = _Replay([levels for _, levels in made])
         for name, upscale in (("model", upscaler), ("replay", replay)):
             plan = plan_video_job(clip, tmp_path / f"{name}.mp4", scale=4, model_key={}, audio=False)

@@ -773,7 +773,9 @@ def measure_video(
     # yuv420p needs even sides.
     width, height = max(2, width - width % 2), max(2, height - height % 2)
     clip = write_test_clip(work_dir / "clip.mp4", width, height, frames)
-    chosen = get_backend(backend, options, loaded.info.arch).name
+    # Chosen as for bf16: both precisions run on the one backend, and for an fp32 RRDBNet on the CPU
+    # auto would take onnxruntime (CPU_FP32_FIRST), which has no bf16.
+    chosen = get_backend(backend, replace(options, precision=Precision.BF16), loaded.info.arch).name
     destination = work_dir / "upscaled.mp4"
     model_key = {"digest": loaded.digest, "backend": chosen, "precision": options.precision.value}
     plan = plan_video_job(
@@ -893,7 +895,9 @@ def measure_quality(
     from upscaler.evaluation import evaluate_pairs, load_eval_set
     from upscaler.upscaling import open_upscaler
 
-    chosen = get_backend(backend, options, loaded.info.arch).name
+    # Chosen as for bf16: both precisions run on the one backend, and for an fp32 RRDBNet on the CPU
+    # auto would take onnxruntime (CPU_FP32_FIRST), which has no bf16.
+    chosen = get_backend(backend, replace(options, precision=Precision.BF16), loaded.info.arch).name
     evaluation = load_eval_set(data, loaded.info.scale)
     arrays = [(pair.lr, pair.hr) for pair in evaluation.pairs]
     names = [pair.name for pair in evaluation.pairs]

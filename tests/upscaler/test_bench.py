@@ -263,6 +263,29 @@ def test_command_measures_bf16_psnr_on_a_set(tmp_path: Path) -> None:
     assert quality["psnr_delta"] == pytest.approx(quality["bf16_psnr"] - quality["fp32_psnr"])
 
 
+def test_bf16_psnr_is_measured_on_a_backend_that_has_bf16(tmp_path: Path) -> None:
+    # For an fp32 RRDBNet on the CPU auto takes onnxruntime (CPU_FP32_FIRST), which has no bf16; the
+    # quality run must not stop at its bf16 half.
+    pytest.importorskip("onnxruntime", reason="the case needs onnxruntime, which auto takes for RRDBNet")
+    from upscaler.bench import measure_quality
+    from upscaler.images import Picture, write_image
+    from upscaler.models import load_model
+    from upscaler.options import BackendOptions, TileOptions
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 (AVX512_BF16 or AMX)")
+    data = tmp_path / "set"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    write_image(data / "0.png", Picture(rgb=rng.random((24, 20, 3), dtype=np.float32)))
+    loaded = load_model(tiny_weights(tmp_path, "rrdbnet"))
+    options = BackendOptions(device="cpu", precision=Precision.FP32)
+    quality = measure_quality(loaded, "auto", options, TileOptions(), data)
+    assert quality.problem is None
+    assert quality.backend == "torch"
+    assert quality.fp32_psnr is not None and quality.bf16_psnr is not None
+
+
 def test_the_ceiling_is_what_the_cores_leave_after_the_model_and_the_io() -> None:
     def run(model_cpu: float, io_cpu: float, cores: int) -> VideoRun:
         timing = Timing((10.0,))

@@ -773,9 +773,7 @@ def measure_video(
     # yuv420p needs even sides.
     width, height = max(2, width - width % 2), max(2, height - height % 2)
     clip = write_test_clip(work_dir / "clip.mp4", width, height, frames)
-    # Chosen as for bf16: both precisions run on the one backend, and for an fp32 RRDBNet on the CPU
-    # auto would take onnxruntime (CPU_FP32_FIRST), which has no bf16.
-    chosen = get_backend(backend, replace(options, precision=Precision.BF16), loaded.info.arch).name
+    chosen = get_backend(backend, options, loaded.info.arch).name
     destination = work_dir / "upscaled.mp4"
     model_key = {"digest": loaded.digest, "backend": chosen, "precision": options.precision.value}
     plan = plan_video_job(

@@ -286,6 +286,15 @@ def test_bf16_psnr_is_measured_on_a_backend_that_has_bf16(tmp_path: Path) -> Non
     assert quality.fp32_psnr is not None and quality.bf16_psnr is not None
 
 
+def test_the_video_run_takes_the_backend_upscale_video_would(tmp_path: Path) -> None:
+    # Unlike the quality run, the video job runs in one precision, and auto chooses for it as the video
+    # command does: onnxruntime for an fp32 RRDBNet on the CPU.
+    pytest.importorskip("onnxruntime", reason="the case needs onnxruntime, which auto takes for RRDBNet")
+    weights = tiny_weights(tmp_path, "rrdbnet")
+    report = run_bench(_settings(weights, repeat=1, warmup=0, video_backend="auto"))
+    assert report.video.problem is None and report.video.backend == "onnxruntime"
+
+
 def test_the_ceiling_is_what_the_cores_leave_after_the_model_and_the_io() -> None:
     def run(model_cpu: float, io_cpu: float, cores: int) -> VideoRun:
         timing = Timing((10.0,))

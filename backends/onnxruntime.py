@@ -21,6 +21,7 @@ from upscaler.backend import DEFAULT_BATCH, ClosingSession
 from upscaler.errors import BackendError, OutOfMemory
 from upscaler.export import INPUT_NAME, ONNX_MISSING, OUTPUT_NAME, cached_onnx, default_cache_dir
 from upscaler.precision import resolve_precision
+from upscaler.runtimes import import_onnxruntime, installed
 from upscaler.values import Precision
 
 if TYPE_CHECKING:
@@ -41,13 +42,10 @@ class OnnxRuntimeBackend:
         self.cache_dir = cache_dir
 
     def check(self) -> str | None:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
+        # Found, not imported: ONNX Runtime's import starts its telemetry unless told not to (runtimes.py).
+        if not installed("onnxruntime"):
             return INSTALL_HINT
-        try:
-            import onnx  # noqa: F401
-        except ImportError:
+        if not installed("onnx"):
             return ONNX_MISSING
         return None
 
@@ -90,7 +88,7 @@ class OnnxRuntimeSession(ClosingSession):
     """One exported graph in one ONNX Runtime inference session."""
 
     def __init__(self, model: LoadedModel, options: BackendOptions, cache_dir: Path) -> None:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         available = ort.get_available_providers()
         self.device, self.device_id = resolve_providers(options.device, available)
@@ -166,7 +164,7 @@ class OnnxRuntimeSession(ClosingSession):
 
     def _infer_bound(self, batch: np.ndarray) -> np.ndarray:
         """Input copied to the device once, output left there by ONNX Runtime and copied back once."""
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         binding = self.session.io_binding()
         device_input = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", self.device_id)

@@ -35,6 +35,7 @@ from upscaler.backend import ClosingSession
 from upscaler.errors import BackendError, OutOfMemory
 from upscaler.export import INPUT_NAME, cached_onnx, default_cache_dir
 from upscaler.precision import PrecisionChoice, choose_auto_precision, resolve_precision
+from upscaler.runtimes import import_openvino, installed
 from upscaler.values import Precision
 
 if TYPE_CHECKING:
@@ -59,13 +60,10 @@ class OpenVINOBackend:
         self.cache_dir = cache_dir
 
     def check(self) -> str | None:
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
+        # Found, not imported: importing OpenVINO costs time, and its converter phones home (runtimes.py).
+        if not installed("openvino"):
             return INSTALL_HINT
-        try:
-            import onnx  # noqa: F401
-        except ImportError:
+        if not installed("onnx"):
             return ONNX_HINT
         return None
 
@@ -112,7 +110,7 @@ class OpenVINOSession(ClosingSession):
     """The exported graph compiled once for OpenVINO's CPU plugin, with one infer request."""
 
     def __init__(self, model: LoadedModel, options: BackendOptions, cache_dir: Path) -> None:
-        import openvino as ov
+        ov = import_openvino()
         import openvino.properties as props
         import openvino.properties.hint as hints
 

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from upscaler.places import weights_dir
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The user's installed VGG19/LPIPS weights, for the slow tests on the real files; read before the
+# session points every folder of the tool at a temporary one (_private_caches).
+REAL_WEIGHTS_DIR = weights_dir()
 
 
 def shared_data(*parts: str) -> Path:
@@ -49,3 +54,30 @@ def tiny_weights(tmp_path: Path, arch: str, seed: int = 0) -> Path:
 @pytest.fixture
 def compact_weights(tmp_path: Path) -> Path:
     return tiny_weights(tmp_path, "compact")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_caches(tmp_path_factory: pytest.TempPathFactory):
+    """Every cache and weights folder of the tool points into the test run's own temporary folder, so
+    the suite never writes into the user's home (ONNX exports, engines, installed weights)."""
+    import os
+
+    base = tmp_path_factory.mktemp("home")
+    saved = {name: os.environ.get(name) for name in _PRIVATE_FOLDERS}
+    for name, folder in _PRIVATE_FOLDERS.items():
+        os.environ[name] = str(base / folder)
+    yield base
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+# Environment variable -> folder under the session's temporary home.
+_PRIVATE_FOLDERS = {
+    "UPSCALER_CACHE_DIR": "cache",
+    "UPSCALER_WEIGHTS_DIR": "weights",
+    "XDG_CACHE_HOME": "xdg-cache",
+    "XDG_DATA_HOME": "xdg-data",
+}

@@ -16,6 +16,8 @@ LAYERS = {
     "upscaler.values": 1,
     "upscaler.allocator": 1,
     "upscaler.files": 1,
+    "upscaler.runtimes": 1,
+    "upscaler.places": 1,
     "upscaler.tiling": 2,
     "upscaler.metrics": 2,
     "upscaler.resampling": 5,

@@ -296,8 +296,10 @@ def compare_with_torch(model: LoadedModel, path: str | Path, batch: np.ndarray) 
     import numpy as np
     import torch
 
+    from upscaler.runtimes import import_onnxruntime
+
     try:
-        import onnxruntime
+        onnxruntime = import_onnxruntime()
     except ImportError:
         raise BackendError("onnxruntime is not installed: pip install 'upscaler[onnx]'") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

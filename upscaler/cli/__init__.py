@@ -23,6 +23,7 @@ COMMANDS = {
     "train": "upscaler.cli.train:train",
     "models": "upscaler.cli.info:models",
     "backends": "upscaler.cli.info:backends",
+    "weights": "upscaler.cli.weights:weights",
     "export-onnx": "upscaler.cli.export:export_onnx",
     "build-engine": "upscaler.cli.export:build_engine",
     "bench": "upscaler.cli.bench:bench",

@@ -28,6 +28,13 @@ from upscaler.cli.options import ModelRun, model_options, print_table, resolve_m
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of a table.")
 @click.option("--bicubic-only", is_flag=True, help="Measure bicubic upscaling alone; no model is loaded.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (images done, the one being measured).")
+@click.option(
+    "--lpips/--no-lpips",
+    "lpips",
+    default=None,
+    help="Measure LPIPS (v0.1, AlexNet) beside PSNR/SSIM. Default: when its weights are installed "
+    "(upscale weights install lpips).",
+)
 @model_options
 def eval_command(
     data,
@@ -35,12 +42,14 @@ def eval_command(
     as_json,
     bicubic_only,
     no_progress,
+    lpips,
     run: ModelRun,
 ) -> None:
-    """Measure a model's PSNR and SSIM on a benchmark set, beside bicubic.
+    """Measure a model's PSNR, SSIM and LPIPS on a benchmark set, beside bicubic.
 
     As the SR literature measures: Y channel of BT.601, SR rounded to 8 bits, `scale` pixels of border
     cropped, bicubic as MATLAB's. Without LR_x<scale>/ files, LR is made from HR with that bicubic.
+    LPIPS (lower is better) on the whole 8-bit RGB image, where its weights are installed.
     """
     from upscaler.errors import InputError
     from upscaler.evaluation import check_eval_folder, evaluate_pairs, load_eval_set
@@ -50,12 +59,18 @@ def eval_command(
     if bicubic_only and click.get_current_context().get_parameter_source("model").name != "DEFAULT":
         raise click.UsageError("--bicubic-only measures no model; leave out --model")
     check_eval_folder(data)
+    perceptual, lpips_note = _perceptual(lpips)
     bar = _Bar(enabled=not no_progress)
     try:
         if bicubic_only:
             evaluation = load_eval_set(data, scale or 4)
             report = evaluate_pairs(
-                None, _arrays(evaluation), evaluation.scale, _names(evaluation), progress=bar
+                None,
+                _arrays(evaluation),
+                evaluation.scale,
+                _names(evaluation),
+                progress=bar,
+                perceptual=perceptual,
             )
             described = "bicubic only"
         else:
@@ -75,6 +90,7 @@ def eval_command(
                     evaluation.scale,
                     _names(evaluation),
                     progress=bar,
+                    perceptual=perceptual,
                 )
     finally:
         bar.close()
@@ -83,6 +99,8 @@ def eval_command(
         f"Y of BT.601, border {report.border}",
         err=True,
     )
+    if lpips_note:
+        click.echo(lpips_note, err=True)
     if as_json:
         document = report.to_dict()
         document["data"] = str(data)
@@ -90,24 +108,14 @@ def eval_command(
         document["model"] = None if bicubic_only else run.model
         click.echo(json.dumps(document, indent=2, allow_nan=False))
         return
-    header = ("image", "bicubic psnr", "bicubic ssim")
+    columns = [("psnr", _db), ("ssim", _ratio)] + ([("lpips", _ratio)] if perceptual is not None else [])
+    shown = [(f"bicubic_{name}", form) for name, form in columns]
     if not bicubic_only:
-        header = ("image", "psnr", "ssim", "bicubic psnr", "bicubic ssim")
-    rows = [header]
+        shown = columns + shown
+    rows = [("image", *(name.replace("_", " ") for name, _form in shown))]
     for image in report.images:
-        rows.append(
-            _row(image.name, image.psnr, image.ssim, image.bicubic_psnr, image.bicubic_ssim, bicubic_only)
-        )
-    rows.append(
-        _row(
-            "mean",
-            report.mean_psnr,
-            report.mean_ssim,
-            report.mean_bicubic_psnr,
-            report.mean_bicubic_ssim,
-            bicubic_only,
-        )
-    )
+        rows.append((image.name, *(form(getattr(image, name)) for name, form in shown)))
+    rows.append(("mean", *(form(getattr(report, f"mean_{name}")) for name, form in shown)))
     print_table(rows)
 
 
@@ -136,17 +144,23 @@ class _Bar:
             self.bar = None
 
 
+def _perceptual(wanted: bool | None):
+    """(LPIPS distance or None, a note for stderr or None) for --lpips / --no-lpips / neither."""
+    if wanted is False:
+        return None, None
+    from upscaler.models.lpips import load_lpips, lpips_path
+
+    if wanted is None and not lpips_path().is_file():
+        return None, "LPIPS: not measured (its weights are not installed: upscale weights install lpips)"
+    return load_lpips().distance, None
+
+
 def _arrays(evaluation) -> list:
     return [(pair.lr, pair.hr) for pair in evaluation.pairs]
 
 
 def _names(evaluation) -> list[str]:
     return [pair.name for pair in evaluation.pairs]
-
-
-def _row(name, psnr, ssim, bicubic_psnr, bicubic_ssim, bicubic_only: bool) -> tuple[str, ...]:
-    measured = (_db(bicubic_psnr), _ratio(bicubic_ssim))
-    return (name, *measured) if bicubic_only else (name, _db(psnr), _ratio(ssim), *measured)
 
 
 def _db(value: float | None) -> str:

@@ -29,7 +29,9 @@ def test_help_names_the_options() -> None:
 
 
 def test_bicubic_only_on_set5_prints_the_published_mean() -> None:
-    result = run("eval", "--bicubic-only", "--data", shared_data("eval", "Set5"), "--no-progress")
+    result = run(
+        "eval", "--bicubic-only", "--data", shared_data("eval", "Set5"), "--no-progress", "--no-lpips"
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("bicubic only; 5 image(s)")
@@ -39,7 +41,9 @@ def test_bicubic_only_on_set5_prints_the_published_mean() -> None:
 
 def test_tiny_model_on_set14_table_and_json(tmp_path: Path) -> None:
     weights = tiny_weights(tmp_path, "compact")
-    result = run("eval", "--model", weights, "--data", shared_data("eval", "Set14"), "--no-progress")
+    result = run(
+        "eval", "--model", weights, "--data", shared_data("eval", "Set14"), "--no-progress", "--no-lpips"
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "(compact, x4)" in lines[0] and "14 image(s)" in lines[0]
@@ -112,3 +116,46 @@ def test_bicubic_only_refuses_a_model(tmp_path: Path) -> None:
     result = run("eval", "--bicubic-only", "--model", "srgan", "--data", tmp_path)
     assert result.exit_code == 2
     assert "--bicubic-only measures no model" in result.output
+
+
+def _install_random_lpips(folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    from tests.upscaler.models.test_lpips import random_state
+    from upscaler.models.lpips import LPIPS_FILE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(random_state(), str(folder / LPIPS_FILE))
+
+
+def test_lpips_is_measured_where_its_weights_are_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UPSCALER_WEIGHTS_DIR", str(tmp_path / "weights"))
+    weights = tiny_weights(tmp_path, "compact")
+    data = shared_data("eval", "Set5")
+    absent = run("eval", "--model", weights, "--data", data, "--no-progress")
+    assert absent.exit_code == 0, absent.output
+    assert (
+        "LPIPS: not measured (its weights are not installed: upscale weights install lpips)" in absent.output
+    )
+    refused = run("eval", "--model", weights, "--data", data, "--no-progress", "--lpips")
+    assert refused.exit_code == 1
+    assert (
+        "Error: LPIPS needs its weights" in refused.output
+        and "Hint: run `upscale weights install lpips`" in (refused.output)
+    )
+
+    _install_random_lpips(tmp_path / "weights")
+    result = run("eval", "--model", weights, "--data", data, "--no-progress", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert all(image["lpips"] > 0 and image["bicubic_lpips"] > 0 for image in report["images"])
+    assert report["mean"]["lpips"] == pytest.approx(np.mean([image["lpips"] for image in report["images"]]))
+    table = run("eval", "--model", weights, "--data", data, "--no-progress").output.splitlines()
+    assert table[1].split() == ["image", "psnr", "ssim", "lpips", "bicubic", "psnr", "bicubic", "ssim"] + [
+        "bicubic",
+        "lpips",
+    ]
+    skipped = run("eval", "--model", weights, "--data", data, "--no-progress", "--no-lpips")
+    assert "lpips" not in skipped.output.splitlines()[1]

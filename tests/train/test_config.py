@@ -20,6 +20,7 @@ from train.config import (
     resolve,
     to_toml,
 )
+from upscaler.models.vgg import CAFFE_GAIN
 
 RECIPES = ["compact-gan", "compact-psnr", "esrgan", "rrdb-psnr", "srgan", "srresnet"]
 
@@ -46,7 +47,8 @@ def test_srresnet_and_srgan_follow_the_paper() -> None:
     srgan = resolve(load_table("srgan"))
     assert srgan.train.pretrained.endswith("srresnet.safetensors")
     assert (srgan.losses.perceptual_layer, srgan.losses.perceptual_before_activation) == ("conv5_4", False)
-    assert srgan.losses.perceptual_feature_scale == pytest.approx(1 / 12.75)
+    # the paper's 1/12.75 on Caffe's VGG19, whose features the network multiplies by CAFFE_GAIN
+    assert srgan.losses.perceptual_feature_scale * CAFFE_GAIN == pytest.approx(1 / 12.75)
     assert srgan.losses.perceptual_criterion == "mse" and srgan.losses.pixel_weight == 0
     assert (srgan.losses.gan, srgan.losses.gan_weight) == ("vanilla", 1e-3)
     assert srgan.discriminator.arch == "srgan"

@@ -25,6 +25,14 @@ trains and quietly does the wrong thing):
   (the `train` extra). The BGR order is folded into conv1_1's input channels, so the network still
   takes RGB in [0, 1] and the rest is a per-channel affine map, like torchvision's.
 
+The two networks were trained apart, and their deep features differ in scale: for the same SR and HR
+batches Keras's conv5_4 differences came out about 17 times larger than ESRGAN's published training
+logs show for torchvision's (BasicSR, 128-pixel crops, early iterations: perceptual L1 about 0.8 against
+14.2 here). Loss weights are tuned against one scale, so each convention carries a `gain` that puts
+its features on torchvision's: 1 for torchvision, CAFFE_GAIN for Keras. Recipes' feature scales are
+written for torchvision's scale (SRGAN's 1/12.75, which the paper applied to the Caffe VGG19 that
+Keras's file is, becomes 1 / (12.75 x CAFFE_GAIN) in its recipe: the same loss on this file).
+
 Nothing here downloads: the weights come from a file the user has (see `find_vgg_weights`);
 `upscale weights install vgg19` puts Keras's file where the trainer looks.
 """
@@ -56,10 +64,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Caffe's (and Keras's "caffe" preprocessing) means, in RGB order, in 0-255 levels.
 CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 
-# name -> (mean, std) that map RGB in [0, 1] to what the weights were trained on (after the BGR fold).
+# Keras's (Caffe's) conv5_4 features times this are on torchvision's scale (an estimate; see above).
+CAFFE_GAIN = 1 / 17
+
+# name -> (mean, std, gain): mean and std map RGB in [0, 1] to what the weights were trained on (after
+# the BGR fold); the output is multiplied by gain.
 CONVENTIONS = {
-    "torchvision": (IMAGENET_MEAN, IMAGENET_STD),
-    "caffe": (tuple(m / 255 for m in CAFFE_MEAN_RGB), (1 / 255,) * 3),
+    "torchvision": (IMAGENET_MEAN, IMAGENET_STD, 1.0),
+    "caffe": (tuple(m / 255 for m in CAFFE_MEAN_RGB), (1 / 255,) * 3, CAFFE_GAIN),
 }
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -105,7 +117,7 @@ class VGG19Features(nn.Module):
         self.layer = layer
         self.before_activation = before_activation
         self.convention = convention
-        mean, std = CONVENTIONS[convention]
+        mean, std, self.gain = CONVENTIONS[convention]
         last = feature_index(layer, before_activation)
         modules: list[nn.Module] = []
         for index in range(last + 1):
@@ -129,7 +141,8 @@ class VGG19Features(nn.Module):
         return super().train(False)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        return self.features((rgb - self.mean) / self.std)
+        features = self.features((rgb - self.mean) / self.std)
+        return features * self.gain if self.gain != 1.0 else features
 
 
 def load_vgg19_features(path: Path, layer: str = "conv5_4", before_activation: bool = True) -> VGG19Features:

@@ -12,6 +12,7 @@ from torch import nn
 
 from upscaler.errors import ModelError
 from upscaler.models.vgg import (
+    CAFFE_GAIN,
     CONV_INDEX,
     KERAS_VGG19_FILE,
     VGG19_FILE,
@@ -227,7 +228,7 @@ def test_keras_weights_use_caffes_convention_exactly(tmp_path: Path) -> None:
         k2, b2 = (np.asarray(handle["block1_conv2"][n]) for n in ("block1_conv2_W_1:0", "block1_conv2_b_1:0"))
     # Caffe's input: BGR, 0-255, minus the per-channel means (B, G, R), no std
     bgr = rgb[::-1].astype(np.float64) * 255 - np.array([103.939, 116.779, 123.68])[:, None, None]
-    expected = numpy_conv(np.maximum(numpy_conv(bgr, k1, b1), 0), k2, b2)
+    expected = numpy_conv(np.maximum(numpy_conv(bgr, k1, b1), 0), k2, b2) * CAFFE_GAIN
     with torch.no_grad():
         got = vgg(torch.from_numpy(rgb)[None])[0].numpy()
     assert np.abs(got - expected).max() < 1e-3 * np.abs(expected).max()

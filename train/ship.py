@@ -49,6 +49,7 @@ def evaluate(weights: Path, data: Path) -> dict[str, Any]:
         "fp32",
         "--json",
         "--no-progress",
+        "--lpips",
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -112,6 +113,8 @@ def ship(
                     "ssim_y": round(report["mean"]["ssim"], 5),
                     "bicubic_psnr_y": round(report["mean"]["bicubic_psnr"], 4),
                     "bicubic_ssim_y": round(report["mean"]["bicubic_ssim"], 5),
+                    "lpips": round(report["mean"]["lpips"], 4),
+                    "bicubic_lpips": round(report["mean"]["bicubic_lpips"], 4),
                     "images": len(report["images"]),
                     "command": f"upscale eval --model {model_id} --data {_shown(data)}",
                 }
@@ -119,7 +122,7 @@ def ship(
                 for name, report in [(data.name, measured[chosen][data.name])]
             },
             "evaluation_definition": "Y of BT.601, scale-pixel border cropped, SR rounded to 8 bits "
-            "(BasicSR); fp32 on the CPU",
+            "(BasicSR); LPIPS v0.1 AlexNet on the whole 8-bit RGB image; fp32 on the CPU",
             "fp16_check": {
                 "shipped": chosen,
                 "rule": f"fp16 ships when it moves no set's PSNR by more than {PSNR_TOLERANCE} dB "
@@ -127,7 +130,7 @@ def ship(
                 "fp32": {name: _pair(report) for name, report in measured["fp32"].items()},
                 "fp16": {name: _pair(report) for name, report in measured["fp16"].items()},
             },
-            "shipped_from": str(run),
+            "shipped_from": run.name,
             "notes": note,
         }
     )
@@ -136,9 +139,22 @@ def ship(
         seconds = sum(float(stage["wall_time_s"] or 0) for stage in card["stages"])
         card["wall_time_total_s"] = round(seconds, 1)
         card["iterations_total"] = sum(int(stage["iterations"] or 0) for stage in card["stages"])
+    card = without_machine_paths(card)
     card_path = destination / f"{model_id}.json"
     write_bytes_atomically(card_path, (json.dumps(card, indent=2, allow_nan=False) + "\n").encode())
     return weights
+
+
+def without_machine_paths(value: Any) -> Any:
+    """The card with every absolute path cut to its last two parts (`train/T91`): a card says which
+    data, not where it lay on the machine that trained it (names, counts and digests stay)."""
+    if isinstance(value, dict):
+        return {key: without_machine_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_machine_paths(item) for item in value]
+    if isinstance(value, str) and value.startswith("/") and " " not in value:
+        return "/".join(Path(value).parts[-2:])
+    return value
 
 
 def finished_card(run: Path) -> Path:
@@ -159,7 +175,7 @@ def earlier_stage(path: Path) -> dict[str, Any]:
     except Exception as exc:  # a maintainer's script: say which file and why, and stop
         raise SystemExit(f"--before {path}: not a run folder nor a readable checkpoint ({exc})") from exc
     return {
-        "from": str(path),
+        "from": path.name,
         "commands": list(checkpoint.get("commands", [])),
         "iterations": checkpoint["iteration"],
         "wall_time_s": round(float(checkpoint["wall_time"]), 1),
@@ -169,7 +185,7 @@ def earlier_stage(path: Path) -> dict[str, Any]:
 
 def _stage(run: Path, card: dict[str, Any]) -> dict[str, Any]:
     return {
-        "from": str(run),
+        "from": run.name,
         "commands": card.get("commands") or [card.get("command", "")],
         "iterations": card["iterations"],
         "wall_time_s": card["wall_time_s"],
@@ -187,7 +203,8 @@ def _pair(report: dict[str, Any]) -> dict[str, float]:
 
 
 def _shown(path: Path) -> str:
-    return shlex.quote(str(path))
+    # a relative path as given (../shared/data/eval/Set5); an absolute one by its last two parts
+    return shlex.quote(str(path) if not path.is_absolute() else "/".join(path.parts[-2:]))
 
 
 def _upscale() -> list[str]:

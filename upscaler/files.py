@@ -7,6 +7,7 @@ a full disk or Ctrl-C never leaves a half-written file under the user's name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -59,13 +60,36 @@ def write_atomically(path: Path) -> Iterator[Path]:
         raise
 
 
-def write_bytes_atomically(path: Path, data: bytes) -> Path:
-    """Write `data` to `path`, whole or not at all, making its folder first if needed (caches)."""
+def write_bytes_atomically(path: Path, data: bytes, durable: bool = False) -> Path:
+    """Write `data` to `path`, whole or not at all, making its folder first if needed (caches).
+
+    durable: the file and the rename are on the disk when this returns (fsync of the file, then of its
+    folder), for records that later runs trust, such as a video job's journal.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
-    with write_atomically(path) as temporary:
-        temporary.write_bytes(data)
+    with write_atomically(path) as temporary, temporary.open("wb") as handle:
+        handle.write(data)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
+    if durable:
+        _sync_folder(path.parent)
     return Path(path)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so that a rename in it survives a crash (where the platform allows it)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        # some file systems refuse fsync on a folder; the rename is then as safe as they make it
+        with contextlib.suppress(OSError):
+            os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

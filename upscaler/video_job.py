@@ -98,7 +98,8 @@ class UpscaleStream(Protocol):
     ) -> Iterator[tuple[K, np.ndarray]]: ...
 
 
-JOURNAL_VERSION = 1
+# 2: parts carry their size and sha256, checked on resume (1 had neither: such a journal is discarded).
+JOURNAL_VERSION = 2
 JOURNAL_NAME = "journal.json"
 # In the work folder: held (flock) by the one process that writes the output; its pid is written inside.
 LOCK_NAME = "lock"
@@ -132,12 +133,15 @@ _SMALLEST_QUEUE = 2
 
 @dataclass(frozen=True)
 class PartRecord:
-    """A finished part: its file name in the work folder, its frame count and its first and last pts."""
+    """A finished part: its file name in the work folder, its frame count, its first and last pts, and
+    the size and sha256 it had when it was flushed to disk (checked before a resume trusts it)."""
 
     file: str
     frames: int
     first_pts: int
     last_pts: int
+    size: int = 0
+    sha256: str = ""
 
 
 @dataclass
@@ -678,6 +682,8 @@ def read_journal(path: Path) -> Journal | None:
                 frames=int(part["frames"]),
                 first_pts=int(part["first_pts"]),
                 last_pts=int(part["last_pts"]),
+                size=int(part["size"]),
+                sha256=str(part["sha256"]),
             )
             for part in data["parts"]
         ]
@@ -687,14 +693,43 @@ def read_journal(path: Path) -> Journal | None:
 
 
 def write_journal(path: Path, journal: Journal) -> None:
-    """Write `journal` so that a crash leaves the old or the new one, never half of one."""
+    """Write `journal` so that a crash leaves the old or the new one, never half of one, and the new one
+    is on the disk (not only in the OS's cache) when this returns."""
     data = {
         "version": JOURNAL_VERSION,
         "fingerprint": journal.fingerprint,
         "complete": journal.complete,
         "parts": [asdict(part) for part in journal.parts],
     }
-    write_bytes_atomically(path, (json.dumps(data, indent=1) + "\n").encode())
+    write_bytes_atomically(path, (json.dumps(data, indent=1) + "\n").encode(), durable=True)
+
+
+def seal_part(path: Path) -> tuple[int, str]:
+    """Flush a finished part file to the disk; its size and sha256, which the journal records."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise OutputError(f"cannot finish {path}: {error.strerror or error}") from None
+    return size, digest.hexdigest()
+
+
+def part_problem(path: Path, part: PartRecord) -> str | None:
+    """Why the part file at `path` is not what the journal recorded (missing, cut, changed), or None."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "is missing"
+    if size != part.size:
+        return f"holds {size} bytes where {part.size} were written"
+    if seal_part(path)[1] != part.sha256:
+        return "has changed since it was written (its sha256 differs)"
+    return None
 
 
 def _open_journal(plan: VideoPlan, resume: bool, notify: Callable[[Note], None]) -> Journal:
@@ -725,10 +760,22 @@ def _open_journal(plan: VideoPlan, resume: bool, notify: Callable[[Note], None])
         if found is None:
             _clear_work_dir(plan.work_dir)
     if found is not None:
-        # A part file that went missing invalidates it and every later part.
+        # A part file that is missing, cut short (a crash before the OS flushed it, a disk error) or
+        # changed invalidates it and every later part: they are made again.
         for index, part in enumerate(found.parts):
-            if not (plan.work_dir / part.file).is_file():
+            problem = part_problem(plan.work_dir / part.file, part)
+            if problem is not None:
+                redo = len(found.parts) - index
+                notify(
+                    Note(
+                        f"{part.file} {problem}: making it and the {redo - 1} part(s) after it again",
+                        warning=True,
+                    )
+                )
+                for later in found.parts[index:]:
+                    (plan.work_dir / later.file).unlink(missing_ok=True)
                 found = Journal(plan.fingerprint, found.parts[:index])
+                write_journal(plan.journal_path, found)
                 break
         if found.parts:
             notify(
@@ -825,6 +872,9 @@ class _PartSink:
         return f"part-{len(self.journal.parts):05d}{self.plan.encoding.part_suffix}"
 
     def _finished(self, part: PartRecord) -> None:
+        # On the disk before the journal counts it: a crash after this point leaves a whole part.
+        size, sha256 = seal_part(self.plan.work_dir / part.file)
+        part = dataclasses.replace(part, size=size, sha256=sha256)
         self.journal.parts.append(part)
         write_journal(self.plan.journal_path, self.journal)
         self._progress(force=True)
@@ -891,6 +941,7 @@ def run_video_job(
         raise OutputError(f"cannot create {plan.destination.parent}: {error.strerror or error}") from None
     # Held until the job ends: a second run for the same output stops here and changes nothing.
     with hold_output(plan.destination):
+        _remove_mux_leftovers(plan.destination)
         journal = _open_journal(plan, resume, notify)
         resumed_parts, resumed_frames = len(journal.parts), journal.frames
         sink = _PartSink(plan, journal, events or (lambda event: None), progress_interval)
@@ -989,11 +1040,23 @@ def _upscale_frames(
         yield _upscale_frame(frame, lambda _, done=rgb: done, plan, owned=True)
 
 
+def _mux_temporary(destination: Path, token: str) -> Path:
+    return destination.with_name(f".{destination.stem}.{token}.partial{destination.suffix}")
+
+
+def _remove_mux_leftovers(destination: Path) -> None:
+    """Remove what a run killed during its mux left beside the output (a whole film's worth, maybe).
+    Called with the output held, so no other run is muxing into one of them."""
+    pattern = re.compile(re.escape(_mux_temporary(destination, "TOKEN").name).replace("TOKEN", "[0-9a-f]{8}"))
+    with contextlib.suppress(OSError):
+        for entry in destination.parent.iterdir():
+            if pattern.fullmatch(entry.name) and entry.is_file():
+                entry.unlink(missing_ok=True)
+
+
 def _mux(plan: VideoPlan, journal: Journal) -> list[str]:
     destination = plan.destination
-    temporary = destination.with_name(
-        f".{destination.stem}.{secrets.token_hex(4)}.partial{destination.suffix}"
-    )
+    temporary = _mux_temporary(destination, secrets.token_hex(4))
     try:
         lines = mux_output(
             [plan.work_dir / part.file for part in journal.parts],

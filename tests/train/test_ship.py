@@ -15,6 +15,24 @@ from train.ship import ship
 from upscaler.models import load_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def lpips_installed(tmp_path_factory: pytest.TempPathFactory):
+    """Random LPIPS weights where `upscale eval --lpips` (run by ship) looks for them."""
+    import os
+
+    from safetensors.torch import save_file
+
+    from tests.upscaler.models.test_lpips import random_state
+    from upscaler.models.lpips import LPIPS_FILE
+
+    folder = tmp_path_factory.mktemp("lpips")
+    save_file(random_state(), str(folder / LPIPS_FILE))
+    saved = os.environ.get("UPSCALER_WEIGHTS_DIR")
+    os.environ["UPSCALER_WEIGHTS_DIR"] = str(folder)
+    yield folder
+    os.environ["UPSCALER_WEIGHTS_DIR"] = saved or ""
+
+
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("ship")
@@ -38,8 +56,12 @@ def test_the_card_holds_both_sets_and_how_they_were_measured(shipped) -> None:
         assert figures["command"].endswith(name)
         assert 0 < figures["ssim_y"] <= 1 and figures["psnr_y"] > 10
         assert figures["images"] == {"SetA": 2, "SetB": 1}[name]
+        assert figures["lpips"] > 0 and figures["bicubic_lpips"] > 0
     assert card["fp16_check"]["shipped"] == card["weights_dtype"]
     assert card["iterations"] == 4  # the training card is kept underneath
+    # no machine paths: data folders are named, not placed
+    assert card["data"]["hr"] == ["ship0/hr"] and card["shipped_from"] == "run"
+    assert "/tmp" not in json.dumps(card)
 
 
 def test_shipped_weights_load_and_match_their_card(shipped) -> None:
@@ -83,7 +105,7 @@ def test_earlier_stages_go_into_the_card(tmp_path: Path) -> None:
     assert [stage["iterations"] for stage in card["stages"]] == [4, 4, 2]
     assert card["iterations_total"] == 10
     assert card["stages"][1]["stopped_at_checkpoint"] is True
-    assert card["stages"][-1]["from"] == str(tmp_path / "last")
+    assert card["stages"][-1]["from"] == "last"
     assert card["wall_time_total_s"] == pytest.approx(
         sum(stage["wall_time_s"] for stage in card["stages"]), abs=0.2
     )

@@ -347,6 +347,49 @@ def test_resume_gives_the_same_video_as_a_clean_run(tmp_path: Path) -> None:
     assert not (tmp_path / ".resumed.mkv.upscale-parts").exists()
 
 
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_a_damaged_part_is_made_again_with_every_later_part(tmp_path: Path, damage: str) -> None:
+    source = clips.cfr_clip(tmp_path, frames=40, audio=False)
+    out = tmp_path / "out.mkv"
+    with pytest.raises(StageError):
+        run_video_job(plan(source, out, settings=LOSSLESS), Counting(fail_at=30))  # 2 or 3 parts done
+    work = tmp_path / ".out.mkv.upscale-parts"
+    journal = read_journal(work / "journal.json")
+    assert len(journal.parts) >= 2
+    assert all(p.size > 0 and len(p.sha256) == 64 for p in journal.parts)
+    second = work / journal.parts[1].file
+    data = second.read_bytes()
+    if damage == "truncate":  # a crash before the OS flushed it, as a disk error would leave it
+        second.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        second.write_bytes(data[:-100] + bytes([data[-100] ^ 0xFF]) + data[-99:])
+    else:
+        second.unlink()
+    counting, events = Counting(), []
+    report = run_video_job(plan(source, out, settings=LOSSLESS), counting, events=events.append)
+    kept = journal.parts[0].frames
+    assert report.resumed_frames == kept and counting.calls == 40 - kept and report.frames == 40
+    warned = [e.message for e in events if isinstance(e, Note) and e.warning]
+    later = len(journal.parts) - 2
+    assert any(
+        m.startswith(f"{journal.parts[1].file} ") and f"the {later} part(s) after" in m for m in warned
+    )
+    clean = tmp_path / "clean.mkv"
+    run_video_job(plan(source, clean, settings=LOSSLESS), nearest)
+    assert check.decode(out).hashes == check.decode(clean).hashes
+
+
+def test_a_kill_during_the_mux_leaves_a_temporary_the_next_run_removes(tmp_path: Path) -> None:
+    source = clips.cfr_clip(tmp_path, frames=8, audio=False)
+    out = tmp_path / "out.mkv"
+    stale = tmp_path / ".out.0123abcd.partial.mkv"  # what a SIGKILL during the mux leaves
+    stale.write_bytes(b"x" * 1000)
+    mine = tmp_path / ".outer.0123abcd.partial.mkv"  # another output's: not ours to remove
+    mine.write_bytes(b"y")
+    run_video_job(plan(source, out, settings=LOSSLESS), nearest)
+    assert not stale.exists() and mine.exists() and out.is_file()
+
+
 def test_a_failing_progress_callback_stops_the_job_and_the_parts_survive(tmp_path: Path) -> None:
     source = clips.cfr_clip(tmp_path, frames=24, audio=False)
     out = tmp_path / "out.mkv"
@@ -420,12 +463,20 @@ def test_the_fingerprint_follows_the_source_and_the_settings(tmp_path: Path) -> 
 
 def test_journal_round_trip_and_unreadable_journals(tmp_path: Path) -> None:
     path = tmp_path / "journal.json"
-    journal = Journal("abc", [PartRecord("part-00000.mkv", 8, 0, 7)], complete=False)
+    journal = Journal("abc", [PartRecord("part-00000.mkv", 8, 0, 7, 1234, "ab" * 32)], complete=False)
     write_journal(path, journal)
     assert read_journal(path) == journal
     path.write_text("{not json")
     assert read_journal(path) is None
     path.write_text(json.dumps({"version": 99}))
+    assert read_journal(path) is None
+    # a version-1 journal recorded no size or digest: not trusted
+    path.write_text(
+        json.dumps(
+            {"version": 1, "fingerprint": "abc", "complete": False,
+             "parts": [{"file": "p.mkv", "frames": 8, "first_pts": 0, "last_pts": 7}]}
+        )
+    )  # fmt: skip
     assert read_journal(path) is None
 
 

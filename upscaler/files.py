@@ -37,6 +37,26 @@ def create_temporary(path: Path) -> Path:
     raise OutputError(f"cannot write {path}: no free temporary name in {path.parent}")
 
 
+def remove_stale_temporaries(path: Path, before: float) -> list[Path]:
+    """Remove the temporaries `create_temporary` made for `path` that were last written before `before`
+    (a time.time()): what a run killed while writing `path` left. A live writer's newer file is kept."""
+    path = Path(path)
+    prefix, removed = f".{path.name}.", []
+    with contextlib.suppress(OSError):
+        for entry in path.parent.iterdir():
+            name = entry.name
+            token = name[len(prefix) : -len(".part")]
+            if not (name.startswith(prefix) and name.endswith(".part") and len(token) == 8):
+                continue
+            if not all(c in "0123456789abcdef" for c in token):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_file() and entry.stat().st_mtime < before:
+                    entry.unlink()
+                    removed.append(entry)
+    return removed
+
+
 @contextmanager
 def write_atomically(path: Path) -> Iterator[Path]:
     """Yield a temporary path to write; it replaces `path` when the block ends, and is removed if it fails.

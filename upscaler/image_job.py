@@ -17,9 +17,12 @@ thread.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +32,14 @@ import numpy as np
 from tqdm import tqdm
 
 from upscaler.errors import InputError, OutputError, UpscaleError
+from upscaler.files import remove_stale_temporaries
 from upscaler.images import (
     SUPPORTED_SUFFIXES,
     EncodeOptions,
     Picture,
     output_format,
     read_image,
+    read_mark,
     write_image,
 )
 from upscaler.pipeline import StageError, StageNames, run_pipeline
@@ -47,22 +52,26 @@ _STAGE_NAMES = StageNames(decode="read", infer="upscale", encode="write")
 
 @dataclass(frozen=True)
 class ImageTask:
-    """One input file and the output file it becomes."""
+    """One input file and the output file it becomes; `mark` goes into the output's metadata."""
 
     source: Path
     target: Path
+    mark: str = ""
 
 
 @dataclass
 class OutputPlan:
     """The tasks to run, and the inputs left out before any pixel is read.
 
-    skipped: inputs whose output exists (with skip_existing); refused: (input, why) for inputs whose
-    output must not be written (it exists, it is an input, another input already maps to it).
+    skipped: inputs whose output exists (with skip_existing); done: inputs whose output an earlier run
+    of the same job finished (its mark matches); refused: (input, why) for inputs whose output must not
+    be written (it exists, it is an input, another input already maps to it).
     """
 
     tasks: list[ImageTask] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    done: list[Path] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)  # the outputs of `skipped` and `done`
     refused: list[tuple[Path, str]] = field(default_factory=list)
 
 
@@ -73,6 +82,25 @@ class JobReport:
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    done: list[Path] = field(default_factory=list)
+
+
+def job_key(model_digest: str, **settings: object) -> str:
+    """A short key for everything that decides an output's pixels and format: the model's weights and
+    the settings given (precision, outscale, format, quality). Outputs carry it with their input's
+    identity (see `output_mark`), so a rerun of the same job knows its finished outputs."""
+    text = json.dumps({"model": model_digest, **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def output_mark(key: str, source: Path) -> str:
+    """The mark of `source`'s output in job `key`: the key and the input's size and modification time."""
+    try:
+        stat = source.stat()
+        identity = f"{stat.st_size}:{stat.st_mtime_ns}"
+    except OSError:
+        identity = "?"
+    return f"{key}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
 
 
 # ------------------------------------------------------------------------------------------- finding
@@ -109,6 +137,8 @@ def find_images(
         else:
             raise InputError(f"{given}: no such file or folder")
         for file, root in candidates:
+            if given.is_dir() and read_mark(file) is not None:
+                continue  # an output of this tool (an earlier run's, in an input folder): never an input
             key = _resolved(file)
             if key not in seen:
                 seen.add(key)
@@ -176,6 +206,7 @@ def plan_outputs(
     fmt: str | None = None,
     overwrite: bool = False,
     skip_existing: bool = False,
+    job: str = "",
 ) -> OutputPlan:
     """Decide each input's output file: `<stem><suffix>.<ext>`.
 
@@ -184,7 +215,8 @@ def plan_outputs(
     None for the input's own. An input is refused (never silently overwritten) when its output is an
     input, when an earlier input already maps to the same output, or when the output exists and
     `overwrite` is off; with `skip_existing` an existing output is skipped instead (it wins over
-    `overwrite`). Raises OutputError for an unknown `fmt`.
+    `overwrite`). job: the job's `job_key`; an existing output that carries this job's mark for its
+    input is done (a rerun finishes the job without --overwrite). Raises OutputError for an unknown `fmt`.
     """
     extension = None
     if fmt is not None:
@@ -222,20 +254,32 @@ def plan_outputs(
             )
             continue
         claimed[key] = file
+        mark = output_mark(job, file) if job else ""
         if target.exists():
+            found_mark = read_mark(target)
+            if mark and found_mark == mark:
+                plan.done.append(file)
+                plan.kept.append(target)
+                continue
             if skip_existing:
                 plan.skipped.append(file)
+                plan.kept.append(target)
                 continue
             if not overwrite:
+                made = (
+                    " (made by an earlier run with other settings, or from another version of the input)"
+                    if found_mark is not None
+                    else ""
+                )
                 plan.refused.append(
                     (
                         file,
-                        f"{file}: output {target} already exists "
+                        f"{file}: output {target} already exists{made} "
                         "(--overwrite replaces it, --skip-existing skips it)",
                     )
                 )
                 continue
-        plan.tasks.append(ImageTask(source=file, target=target))
+        plan.tasks.append(ImageTask(source=file, target=target, mark=mark))
     return plan
 
 
@@ -357,7 +401,7 @@ def _write_item(item: _Image | _Failed, options: EncodeOptions) -> _Failed | Non
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise OutputError(f"cannot create folder {target.parent}: {error.strerror or error}") from None
-        write_image(target, item.picture, options)
+        write_image(target, item.picture, options, mark=item.task.mark)
     except UpscaleError as error:
         return _Failed(item.task, str(error))
     return None
@@ -384,7 +428,11 @@ def run_image_job(
     if outscale is not None and not outscale > 0:
         raise InputError(f"outscale: must be greater than 0 (got {outscale})")
     options = encode or EncodeOptions()
-    report = JobReport(skipped=list(plan.skipped), failed=list(plan.refused))
+    report = JobReport(skipped=list(plan.skipped), failed=list(plan.refused), done=list(plan.done))
+    # What a killed earlier run left: temporaries beside these outputs, older than this run
+    started = time.time()
+    for target in [task.target for task in plan.tasks] + plan.kept:
+        remove_stale_temporaries(target, started)
     if not plan.tasks:
         return report
 

@@ -241,8 +241,20 @@ def _cv2_reason(error: cv2.error) -> str:
 # --------------------------------------------------------------------------------------------- writing
 
 
-def write_image(path: str | os.PathLike[str], picture: Picture, options: EncodeOptions | None = None) -> None:
+# Outputs of `upscale` carry this, then the job's key, in their metadata (PNG tEXt, JPEG comment), so
+# that a rerun knows its own finished outputs and never takes them for inputs.
+MARK_PREFIX = "upscale:"
+_MARK_KEYWORD = b"Software"
+_MARKED_FORMATS = (".png", ".jpg")
+
+
+def write_image(
+    path: str | os.PathLike[str], picture: Picture, options: EncodeOptions | None = None, mark: str = ""
+) -> None:
     """Encode `picture` in the format its suffix names and put it at `path` atomically.
+
+    mark: a key recorded in PNG and JPEG files as `upscale:<mark>` (see `read_mark`); other formats
+    have no place the tool uses for it.
 
     The file is encoded in memory, written to a hidden temporary file in the same folder and renamed
     over `path`, so `path` is either the old file or the complete new one; on any failure the
@@ -252,9 +264,50 @@ def write_image(path: str | os.PathLike[str], picture: Picture, options: EncodeO
     path = Path(path)
     fmt = output_format(path.suffix)
     encoded = encode_image(picture, fmt, options or EncodeOptions())
+    if mark:
+        encoded = add_mark(encoded, fmt, MARK_PREFIX + mark)
     # No folder is made here: the job plans its output folders, and a missing one is a mistake to report.
     with write_atomically(path) as temporary:
         temporary.write_bytes(encoded)
+
+
+def add_mark(encoded: bytes, fmt: str, text: str) -> bytes:
+    """`encoded` with `text` in its metadata: a PNG tEXt chunk after IHDR, a JPEG comment after SOI."""
+    body = text.encode("latin-1", "replace")
+    if fmt == ".png" and encoded.startswith(_PNG_SIGNATURE):
+        end = len(_PNG_SIGNATURE) + 12 + int.from_bytes(encoded[8:12], "big")  # past IHDR
+        data = _MARK_KEYWORD + b"\0" + body
+        chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
+        return encoded[:end] + chunk + encoded[end:]
+    if fmt == ".jpg" and encoded.startswith(b"\xff\xd8"):
+        return encoded[:2] + b"\xff\xfe" + struct.pack(">H", len(body) + 2) + body + encoded[2:]
+    return encoded
+
+
+def read_mark(path: Path) -> str | None:
+    """The key an output of `upscale` carries (see `add_mark`), or None for any other file. Reads only
+    the file's first bytes, where the mark is put."""
+    if Path(path).suffix.lower() not in (*_MARKED_FORMATS, ".jpeg"):
+        return None
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return None
+    prefix = MARK_PREFIX.encode()
+    if head.startswith(_PNG_SIGNATURE):
+        end = len(_PNG_SIGNATURE) + 12 + int.from_bytes(head[8:12], "big")
+        length = int.from_bytes(head[end : end + 4], "big")
+        if head[end + 4 : end + 8] == b"tEXt":
+            keyword, _, text = head[end + 8 : end + 8 + length].partition(b"\0")
+            if keyword == _MARK_KEYWORD and text.startswith(prefix):
+                return text[len(prefix) :].decode("latin-1")
+    elif head.startswith(b"\xff\xd8\xff\xfe"):
+        length = int.from_bytes(head[4:6], "big")
+        text = head[6 : 4 + length]
+        if text.startswith(prefix):
+            return text[len(prefix) :].decode("latin-1")
+    return None
 
 
 def encode_image(picture: Picture, fmt: str, options: EncodeOptions | None = None) -> bytes:

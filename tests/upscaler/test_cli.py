@@ -97,6 +97,20 @@ def test_images_end_to_end(tmp_path: Path) -> None:
     assert not list(out.rglob("*.part")), "a temporary file was left behind"
 
 
+def test_the_same_command_again_finishes_the_job(tmp_path: Path, compact_weights: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        write(tmp_path / f"{name}.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    first = run("images", tmp_path, "--model", compact_weights, "--no-progress")
+    assert first.exit_code == 0 and "3 written, 0 skipped, 0 failed" in first.output
+    (tmp_path / "b_x4.png").unlink()  # as if the run had been killed before writing it
+    again = run("images", tmp_path, "--model", compact_weights, "--no-progress")
+    assert again.exit_code == 0, again.output
+    assert "1 image(s) to upscale; 2 already done by an earlier run" in again.output
+    assert "1 written, 2 skipped, 0 failed" in again.output
+    assert not list(tmp_path.glob("*_x4_x4.png"))
+
+
 def test_existing_output_is_kept_without_overwrite(tmp_path: Path, compact_weights: Path) -> None:
     write(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
     existing = tmp_path / "a_x4.png"

@@ -394,7 +394,7 @@ def test_a_stop_downstream_stops_the_reader(
     def interrupted(pixels: np.ndarray) -> np.ndarray:
         raise KeyboardInterrupt
 
-    def broken(*args: object) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("bug in the writer")
 
     monkeypatch.setattr(image_job, "read_image", counting_read)
@@ -479,3 +479,70 @@ def test_real_edge_cases(tmp_path: Path) -> None:
     assert children.shape[2] == 4
     expected_alpha = nearest4(raw(EDGE_CASES / "children-alpha.png"))[:, :, 3]
     np.testing.assert_array_equal(children[:, :, 3], expected_alpha)
+
+
+# ------------------------------------------------------------------------------- resuming a folder
+
+
+def test_a_rerun_finishes_the_job_without_redoing_or_overwrite(tmp_path: Path) -> None:
+    for index in range(4):
+        make(tmp_path / "in" / f"{index}.png")
+    make(tmp_path / "in" / "photo.jpg")
+    first = job([tmp_path / "in"], output_dir=tmp_path / "out", job="k1")
+    assert len(first.written) == 5
+    # a kill after two images: the others' outputs are gone, as if never written
+    for name in ("2_x4.png", "3_x4.png", "photo_x4.jpg"):
+        (tmp_path / "out" / name).unlink()
+    calls: list[int] = []
+
+    def counting(pixels: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        return nearest4(pixels)
+
+    second = job([tmp_path / "in"], counting, output_dir=tmp_path / "out", job="k1")
+    assert len(second.written) == 3 and len(second.done) == 2 and not second.failed
+    assert len(calls) == 3
+
+    # other settings: the earlier outputs are refused with the reason, never silently kept
+    other = job([tmp_path / "in"], output_dir=tmp_path / "out", job="k2")
+    assert len(other.failed) == 5 and not other.written
+    assert all("made by an earlier run with other settings" in why for _, why in other.failed)
+
+
+def test_outputs_carry_their_mark_and_are_never_inputs(tmp_path: Path) -> None:
+    from upscaler.images import read_mark
+
+    make(tmp_path / "a.png")
+    make(tmp_path / "b.jpg")
+    job([tmp_path], job="k1")
+    assert read_mark(tmp_path / "a_x4.png").startswith("k1-")
+    assert read_mark(tmp_path / "b_x4.jpg").startswith("k1-")
+    assert read_mark(tmp_path / "a.png") is None
+    assert raw(tmp_path / "a_x4.png").shape == (24, 20, 3)  # the mark leaves the pixels readable
+    # twice without -o: the first run's outputs are not upscaled again (no a_x4_x4.png)
+    again = job([tmp_path], job="k1")
+    assert not again.written and len(again.done) == 2 and not again.failed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a_x4.png", "b.jpg", "b_x4.jpg"]
+    # named on purpose, an output is an input like any other file
+    named = find_images([tmp_path / "a_x4.png"])
+    assert [file.name for file, _ in named] == ["a_x4.png"]
+
+
+def test_temporaries_a_killed_run_left_are_removed(tmp_path: Path) -> None:
+    import os
+    import time
+
+    make(tmp_path / "in" / "a.png")
+    make(tmp_path / "in" / "b.png")
+    out = tmp_path / "out"
+    job([tmp_path / "in"], output_dir=out, job="k1")
+    (out / "b_x4.png").unlink()
+    stale = [out / ".a_x4.png.0a1b2c3d.part", out / ".b_x4.png.deadbeef.part"]
+    for path in stale:
+        path.write_bytes(b"half")
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    foreign = out / ".notes.txt.0a1b2c3d.part"
+    foreign.write_bytes(b"not ours")
+    report = job([tmp_path / "in"], output_dir=out, job="k1")
+    assert len(report.written) == 1 and len(report.done) == 1
+    assert not any(path.exists() for path in stale) and foreign.exists()

@@ -50,7 +50,7 @@ def images(
 
     PNG, JPEG, WebP, TIFF and BMP; alpha, 16-bit and grayscale are kept.
     """
-    from upscaler.image_job import find_images, plan_outputs, run_image_job, scale_suffix
+    from upscaler.image_job import find_images, job_key, plan_outputs, run_image_job, scale_suffix
     from upscaler.models import load_model
     from upscaler.upscaling import open_upscaler
 
@@ -69,15 +69,21 @@ def images(
             fmt=fmt,
             overwrite=overwrite,
             skip_existing=skip_existing,
+            job=job_key(
+                loaded.digest, precision=run.backend_options.precision.value, outscale=outscale, format=fmt
+            ),
         )
-        click.echo(f"{upscaler.description}; {len(plan.tasks)} image(s) to upscale", err=True)
+        done = f"; {len(plan.done)} already done by an earlier run" if plan.done else ""
+        click.echo(f"{upscaler.description}; {len(plan.tasks)} image(s) to upscale{done}", err=True)
         report = run_image_job(
             plan, upscaler.upscale, scale=scale, outscale=outscale, progress=not no_progress
         )
     for _path, message in report.failed:
         click.echo(f"failed: {message}", err=True)
     click.echo(
-        f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed", err=True
+        f"{len(report.written)} written, {len(report.skipped) + len(report.done)} skipped, "
+        f"{len(report.failed)} failed",
+        err=True,
     )
     if report.failed:
         sys.exit(1)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from upscaler.errors import InputError, OutputError
+from upscaler.errors import InputError, ModelError, OutputError
 from upscaler.files import write_atomically
 
 _NAME = re.compile(r"iter_(\d+)\.pt")
@@ -95,10 +95,18 @@ def save_checkpoint(run_dir: Path, iteration: int, state: dict[str, Any], keep: 
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint of `upscale train`, read with tensors and plain values only; one line when refused."""
+    from upscaler.models.loading import read_torch_file
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated file or a foreign one: the user picks another
+        checkpoint = read_torch_file(path)
+    except ModelError as exc:  # a truncated file, a foreign one, or one holding code: the user picks another
         raise InputError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}",
+            f"checkpoint {path.name}: {exc.message}", hint="delete it to resume from the one before"
+        ) from None
+    if not isinstance(checkpoint, dict) or "iteration" not in checkpoint:
+        raise InputError(
+            f"checkpoint {path.name}: not a checkpoint of upscale train",
             hint="delete it to resume from the one before",
-        ) from exc
+        )
+    return checkpoint

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
+import pickletools
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,25 +170,72 @@ def read_weights(
 
 
 def _read_checkpoint(path: Path) -> Any:
+    return read_torch_file(path)
+
+
+# Globals a tensors-only torch file may name (what torch.load(weights_only=True) admits for state dicts).
+_SAFE_MODULES = ("torch", "collections", "_codecs", "numpy.core.multiarray", "numpy")
+
+
+def read_torch_file(path: Path) -> Any:
+    """A `torch.save` file's content, read with tensors and plain containers only (weights_only).
+
+    A file that holds other pickled Python objects is refused in one line that names what it asks for,
+    whether it is torch's zip format or a raw pickle of any protocol; torch's own text (which suggests
+    weights_only=False, i.e. running the file's code) and its warnings never reach the user.
+    """
+    path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch names a global it refused as "GLOBAL module.name"; any other unpickling failure is
-        # a damaged or foreign file
-        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if refused is None:
-            raise ModelError(f"cannot read weights file {path.name}: not a valid PyTorch checkpoint") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged zip, a truncated pickle, a refused global, an OS error
+        refused = _refused_global(path, exc)
+        if refused is not None:
+            raise ModelError(
+                f"refusing to load {path.name}: it holds pickled Python objects, not only tensors, and "
+                f"unpickling them could run code (it asks for {refused})",
+                hint="save only the state dict (torch.save(net.state_dict(), path)) or convert it to "
+                ".safetensors where you trust the file",
+            ) from None
+        if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ModelError(
-            f"refusing to load {path.name}: it holds pickled Python objects, not only tensors, and "
-            f"unpickling them could run code (it asks for {refused.group(1)})",
-            hint="save only the state dict (torch.save(net.state_dict(), path)) or convert it to "
-            ".safetensors where you trust the file",
-        ) from exc
-    except Exception as exc:  # a damaged zip, a truncated pickle or an OS error: all the same to a user
-        raise ModelError(
-            f"cannot read weights file {path.name}: not a valid PyTorch checkpoint "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
+            f"cannot read weights file {path.name}: not a valid PyTorch checkpoint ({type(exc).__name__}"
+            + (f": {reason[:120]}" if reason and "weights_only" not in reason else "")
+            + ")"
+        ) from None
+
+
+def _refused_global(path: Path, error: BaseException) -> str | None:
+    """The global a refused file asks for: from torch's message, else from the pickle's own opcodes."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if found is not None:
+        return found.group(1)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if data[:1] != b"\x80":  # not a raw pickle (a zip holds its pickle inside; torch named that above)
+        return None
+    strings: list[str] = []
+    try:
+        for opcode, argument, _position in pickletools.genops(data):
+            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings = [*strings[-1:], str(argument)]
+                continue
+            if opcode.name == "GLOBAL":
+                name = str(argument).replace(" ", ".")
+            elif opcode.name == "STACK_GLOBAL" and len(strings) == 2:
+                name = ".".join(strings)
+            else:
+                continue
+            if not name.startswith(_SAFE_MODULES):
+                return name
+    except Exception:  # a damaged pickle: whatever it asked for before the damage was named above
+        return None
+    return None
 
 
 def normalize_state_dict(obj: Any, name: str = "weights") -> dict[str, torch.Tensor]:

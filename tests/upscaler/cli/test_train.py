@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from tests.train.fixtures import make_images
@@ -200,3 +201,29 @@ def test_resume_refuses_a_recipe_other_than_the_runs(tmp_path: Path) -> None:
     other = CliRunner().invoke(cli, ["train", "--resume", "--recipe", "esrgan", "--out", str(run)])
     assert other.exit_code == 2
     assert "a compact-psnr run, not esrgan; leave out --recipe" in other.output
+
+
+def test_resume_refuses_a_checkpoint_with_code_in_one_line(tmp_path: Path) -> None:
+    import os
+
+    data = make_images(tmp_path / "hr", count=2, size=40)
+    run = tmp_path / "run"
+    args = ["train", "--recipe", "compact-psnr", "--data", str(data), "--out", str(run)]
+    result = CliRunner().invoke(cli, [*args, "--iterations", "1", "--patch-size", "32", *TINY])
+    assert result.exit_code == 0, result.output
+    checkpoint = next((run / "checkpoints").glob("*.pt"))
+    state = torch.load(checkpoint, weights_only=True)
+    marker = tmp_path / "ran"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    state["hook"] = RunsCode()
+    torch.save(state, checkpoint)
+    refused = CliRunner().invoke(cli, ["train", "--resume", "--out", str(run), "--iterations", "2"])
+    assert refused.exit_code == 1
+    lines = refused.output.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"Error: checkpoint {checkpoint.name}: refusing to load")
+    assert "posix.mkdir" in lines[0] or "os.mkdir" in lines[0]
+    assert "weights_only" not in refused.output and not marker.exists()

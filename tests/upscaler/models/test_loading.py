@@ -306,6 +306,22 @@ def test_pickled_code_is_refused(compact, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_raw_pickle_with_code_is_refused_in_one_line(compact, tmp_path, protocol, recwarn):
+    import pickle
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "raw.pth"
+    path.write_bytes(pickle.dumps({"params": {"w": 1}, "hook": _RunsCode(marker)}, protocol=protocol))
+    with pytest.raises(ModelError) as error:
+        load_model(path)
+    assert error.value.message.startswith("refusing to load raw.pth: it holds pickled Python objects")
+    assert "mkdir" in error.value.message and "weights_only" not in error.value.message
+    assert "weights_only" not in (error.value.hint or "")
+    assert not marker.exists()
+    assert not [w for w in recwarn if "torch" in str(w.filename)]  # torch's UserWarning stays quiet
+
+
 @pytest.mark.parametrize("name", ["junk.pth", "junk.safetensors", "junk.ckpt"])
 def test_corrupt_files(name, tmp_path):
     (tmp_path / name).write_bytes(os.urandom(256))

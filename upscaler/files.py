@@ -8,8 +8,10 @@ a full disk or Ctrl-C never leaves a half-written file under the user's name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,3 +115,31 @@ def _sync_folder(folder: Path) -> None:
             os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it was raised from, says the disk (or the user's quota) is full."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or getattr(error, "error", None) or error.__context__
+        seen += 1
+    return False
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes free for the user on the file system that holds `path` (or its nearest existing folder)."""
+    path = Path(path).absolute()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
+
+
+def megabytes(count: float) -> str:
+    """`1.2 GB`, `340 MB`: a size for people."""
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"

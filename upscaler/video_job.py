@@ -67,7 +67,7 @@ from upscaler.encoding import (
     row_quantizer,
 )
 from upscaler.errors import InputError, OutputError, UpscaleError
-from upscaler.files import write_bytes_atomically
+from upscaler.files import free_bytes, is_disk_full, megabytes, write_bytes_atomically
 from upscaler.image_job import upscale_picture
 from upscaler.images import Picture
 from upscaler.muxing import mux_output
@@ -973,8 +973,10 @@ def run_video_job(
             for line in _mux(plan, journal):
                 notify(Note(line, warning=True))
         except UpscaleError as error:
+            if is_disk_full(error):
+                error = _disk_full(plan, journal)
             _leave_for_resume(plan, journal, error)
-            raise
+            raise error from None
         except BaseException:
             _leave_for_resume(plan, journal, None)
             raise
@@ -1077,11 +1079,29 @@ def _mux(plan: VideoPlan, journal: Journal) -> list[str]:
         raise
     except OSError as error:
         temporary.unlink(missing_ok=True)
+        if is_disk_full(error):
+            raise _disk_full(plan, journal) from None
         raise OutputError(f"{destination}: cannot be written: {error.strerror or error}") from None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     return lines
+
+
+def _disk_full(plan: VideoPlan, journal: Journal) -> OutputError:
+    """The one line for a full disk: where, how much is free, and about how much more the job needs
+    (the parts still to make, at the finished parts' bytes per frame, and the output the mux writes)."""
+    free = free_bytes(plan.work_dir)
+    done_bytes = sum(part.size for part in journal.parts)
+    total = plan.expected_frames
+    where = f"no space left on the device that holds {plan.work_dir.parent}"
+    if free is not None:
+        where += f" ({megabytes(free)} free)"
+    if journal.frames and total:
+        per_frame = done_bytes / journal.frames
+        needed = per_frame * max(0, total - journal.frames) + per_frame * total
+        where += f"; the job needs about {megabytes(needed)} more (parts still to make, then the output)"
+    return OutputError(where, hint="free some space, or write the output to another disk")
 
 
 def _leave_for_resume(plan: VideoPlan, journal: Journal, error: UpscaleError | None) -> None:

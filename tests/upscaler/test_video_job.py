@@ -719,3 +719,35 @@ def test_with_ffmpeg_logging_turned_on_the_libraries_speak_for_themselves(
     finally:
         av.logging.set_level(None)
     assert "x264 [error]: invalid tune 'bogus'" in capfd.readouterr().err
+
+
+def test_a_full_disk_is_said_as_such_and_the_finished_parts_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    source = clips.cfr_clip(tmp_path, frames=24, audio=False)
+    out = tmp_path / "out.mkv"
+    written = []
+
+    class FillingWriter(video_job.PartWriter):
+        def write(self, pts, rgb):
+            written.append(pts)
+            if len(written) == 12:  # in the second part
+                raise OSError(errno.ENOSPC, "No space left on device")
+            super().write(pts, rgb)
+
+    monkeypatch.setattr(video_job, "PartWriter", FillingWriter)
+    with pytest.raises(OutputError) as caught:
+        run_video_job(plan(source, out, settings=LOSSLESS), nearest)
+    message = caught.value.message
+    assert message.startswith(f"no space left on the device that holds {tmp_path} (")
+    assert "free); the job needs about " in message and "please report" not in (caught.value.hint or "")
+    assert (
+        "free some space" in caught.value.hint and "run the same command again to resume" in caught.value.hint
+    )
+    journal = read_journal(tmp_path / ".out.mkv.upscale-parts" / "journal.json")
+    assert journal is not None and len(journal.parts) == 1 and not out.exists()
+    monkeypatch.undo()
+    report = run_video_job(plan(source, out, settings=LOSSLESS), nearest)
+    assert report.resumed_frames == journal.frames and report.frames == 24

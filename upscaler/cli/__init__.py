@@ -68,6 +68,12 @@ class UpscaleGroup(click.Group):
         except Exception as exc:
             if _debug(ctx):
                 traceback.print_exc()
+            from upscaler.files import is_disk_full
+
+            if is_disk_full(exc):  # not a bug: say what happened
+                click.echo(f"Error: no space left on the device: {exc}", err=True)
+                click.echo("Hint: free some space, or write to another disk", err=True)
+                ctx.exit(1)
             click.echo(f"Error: internal error: {type(exc).__name__}: {exc}", err=True)
             if not _debug(ctx):
                 click.echo("Hint: run again with --debug for the traceback, and please report it", err=True)

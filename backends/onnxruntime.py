@@ -19,7 +19,14 @@ import numpy as np
 
 from upscaler.backend import DEFAULT_BATCH, ClosingSession
 from upscaler.errors import BackendError, OutOfMemory
-from upscaler.export import INPUT_NAME, ONNX_MISSING, OUTPUT_NAME, cached_onnx, default_cache_dir
+from upscaler.export import (
+    INPUT_NAME,
+    ONNX_MISSING,
+    OUTPUT_NAME,
+    cached_onnx,
+    default_cache_dir,
+    load_cached,
+)
 from upscaler.precision import resolve_precision
 from upscaler.runtimes import import_onnxruntime, installed
 from upscaler.values import Precision
@@ -135,10 +142,12 @@ class OnnxRuntimeSession(ClosingSession):
                     )
                 )
             providers += [(CUDA, {"device_id": self.device_id}), CPU]
-        try:
-            self.session = ort.InferenceSession(str(self.export.path), settings, providers=providers)
-        except Exception as exc:  # ONNX Runtime raises its own exception types for a bad graph or provider
-            raise BackendError(f"onnxruntime backend: cannot load {self.export.path.name}: {exc}") from exc
+        self.session, self.export = load_cached(
+            self.export,
+            lambda path: ort.InferenceSession(str(path), settings, providers=providers),
+            lambda: cached_onnx(model, precision, cache_dir),
+            "onnxruntime backend",
+        )
         self.providers = self.session.get_providers()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

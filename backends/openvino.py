@@ -33,7 +33,7 @@ import numpy as np
 
 from upscaler.backend import ClosingSession
 from upscaler.errors import BackendError, OutOfMemory
-from upscaler.export import INPUT_NAME, cached_onnx, default_cache_dir
+from upscaler.export import INPUT_NAME, cached_onnx, default_cache_dir, load_cached
 from upscaler.precision import PrecisionChoice, choose_auto_precision, resolve_precision
 from upscaler.runtimes import import_openvino, installed
 from upscaler.values import Precision
@@ -138,10 +138,12 @@ class OpenVINOSession(ClosingSession):
         }
         if options.threads is not None:
             config[props.inference_num_threads] = options.threads
-        try:
-            self.compiled = core.compile_model(core.read_model(str(self.export.path)), DEVICE, config)
-        except Exception as exc:  # OpenVINO raises plain RuntimeErrors for a bad graph or setting
-            raise BackendError(f"openvino backend: cannot compile {self.export.path.name}: {exc}") from exc
+        self.compiled, self.export = load_cached(
+            self.export,
+            lambda path: core.compile_model(core.read_model(str(path)), DEVICE, config),
+            lambda: cached_onnx(model, Precision.FP32, cache_dir, form=SPLIT_DENSE),
+            "openvino backend",
+        )
         chosen = self.compiled.get_property(hints.inference_precision)
         if chosen != wanted:
             raise BackendError(

@@ -27,14 +27,16 @@ import copy
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from upscaler.errors import BackendError, ModelError, OutputError, UpscaleError
 from upscaler.files import write_atomically
 from upscaler.values import Precision
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import numpy as np
@@ -282,6 +284,29 @@ def cached_onnx(
             layers = tuple(filter(None, metadata.get("fp32_layers", "").split(",")))
             return OnnxExport(path=path, precision=precision, opset=OPSET, fp32_layers=layers)
     return export_onnx(model, path, precision, form=form)
+
+
+def load_cached(
+    export: OnnxExport,
+    load: Callable[[Path], T],
+    rebuild: Callable[[], OnnxExport],
+    runtime: str,
+) -> tuple[T, OnnxExport]:
+    """`load(export.path)`, and where the runtime cannot load the cached graph (damaged or cut on the
+    disk), the graph made again once and loaded; a BackendError naming the file when that fails too."""
+    try:
+        return load(export.path), export
+    except Exception:  # each runtime raises its own types for a graph it cannot read
+        export.path.unlink(missing_ok=True)
+    fresh = rebuild()
+    try:
+        return load(fresh.path), fresh
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise BackendError(
+            f"{runtime} cannot load the exported graph {fresh.path.name}: {first}",
+            hint=f"delete {fresh.path} (the cache, see the README) and run again; report it if it persists",
+        ) from exc
 
 
 def _known_form(model: LoadedModel, form: str | None) -> str | None:

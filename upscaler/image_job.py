@@ -72,6 +72,7 @@ class OutputPlan:
     skipped: list[Path] = field(default_factory=list)
     done: list[Path] = field(default_factory=list)
     kept: list[Path] = field(default_factory=list)  # the outputs of `skipped` and `done`
+    warnings: list[str] = field(default_factory=list)
     refused: list[tuple[Path, str]] = field(default_factory=list)
 
 
@@ -280,7 +281,26 @@ def plan_outputs(
                 )
                 continue
         plan.tasks.append(ImageTask(source=file, target=target, mark=mark))
+        frames = animation_frames(file)
+        if frames > 1:
+            plan.warnings.append(
+                f"{file} is animated ({frames} frames): only its first frame is upscaled "
+                "(upscale video reads animations and upscales every frame)"
+            )
     return plan
+
+
+def animation_frames(path: Path) -> int:
+    """How many frames an animated GIF, WebP or PNG holds (1 for a still image or another format)."""
+    if path.suffix.lower() not in (".gif", ".webp", ".png", ".apng"):
+        return 1
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return int(getattr(image, "n_frames", 1))
+    except Exception:  # not readable by Pillow: the reader reports it, this only counts frames
+        return 1
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -62,6 +62,39 @@ def test_the_export_is_cached_per_digest(model, tmp_path: Path, monkeypatch: pyt
         np.testing.assert_array_equal(again.infer(batch()), expected)
 
 
+def test_a_broken_cached_graph_is_made_again(model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx
+
+    backend = OnnxRuntimeBackend(cache_dir=tmp_path)
+    with backend.open(model, BackendOptions(device="cpu")) as session:
+        path = session.export.path
+        expected = session.infer(batch())
+    graph = onnx.load(str(path))
+    graph.graph.node[0].op_type = "NoSuchOperator"  # its metadata still says it is ours and current
+    onnx.save(graph, str(path))
+    with backend.open(model, BackendOptions(device="cpu")) as again:
+        np.testing.assert_array_equal(again.infer(batch()), expected)
+    assert onnx.load(str(path)).graph.node[0].op_type != "NoSuchOperator"
+
+    # a graph that cannot be loaded even when made again: one line naming the file to delete
+    import upscaler.export
+
+    def broken_export(*args, **kwargs):
+        real = export_original(*args, **kwargs)
+        damaged = onnx.load(str(real.path))
+        damaged.graph.node[0].op_type = "NoSuchOperator"
+        onnx.save(damaged, str(real.path))
+        return real
+
+    export_original = upscaler.export.export_onnx
+    monkeypatch.setattr(upscaler.export, "export_onnx", broken_export)
+    path.unlink()
+    with pytest.raises(BackendError) as error:
+        backend.open(model, BackendOptions(device="cpu"))
+    assert error.value.message.startswith(f"onnxruntime backend cannot load the exported graph {path.name}: ")
+    assert "\n" not in error.value.message and f"delete {path}" in error.value.hint
+
+
 def test_fp16_on_the_cpu_is_refused_like_torch(model) -> None:
     with pytest.raises(BackendError, match="fp16 is not supported on the CPU"):
         OnnxRuntimeBackend().open(model, BackendOptions(device="cpu", precision=Precision.FP16))

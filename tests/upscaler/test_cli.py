@@ -111,6 +111,24 @@ def test_the_same_command_again_finishes_the_job(tmp_path: Path, compact_weights
     assert not list(tmp_path.glob("*_x4_x4.png"))
 
 
+def test_an_animated_gif_is_said_to_be_upscaled_as_its_first_frame(
+    tmp_path: Path, compact_weights: Path
+) -> None:
+    from PIL import Image
+
+    frames = [Image.new("RGB", (8, 6), (40 * i, 80, 120)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    Image.new("RGB", (8, 6)).save(tmp_path / "still.gif")
+    result = run("images", tmp_path / "anim.gif", tmp_path / "still.gif", "--model", compact_weights,
+                 "--no-progress", "--format", "png")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("Warning:")]
+    assert warnings == [
+        f"Warning: {tmp_path / 'anim.gif'} is animated (3 frames): only its first frame is upscaled "
+        "(upscale video reads animations and upscales every frame)"
+    ]
+
+
 def test_existing_output_is_kept_without_overwrite(tmp_path: Path, compact_weights: Path) -> None:
     write(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
     existing = tmp_path / "a_x4.png"

@@ -73,6 +73,8 @@ def images(
                 loaded.digest, precision=run.backend_options.precision.value, outscale=outscale, format=fmt
             ),
         )
+        for line in plan.warnings:
+            click.echo(f"Warning: {line}", err=True)
         done = f"; {len(plan.done)} already done by an earlier run" if plan.done else ""
         click.echo(f"{upscaler.description}; {len(plan.tasks)} image(s) to upscale{done}", err=True)
         report = run_image_job(

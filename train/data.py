@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from upscaler.errors import InputError
-from upscaler.images import SUPPORTED_SUFFIXES, read_image
+from upscaler.image.formats import SUPPORTED_SUFFIXES, read_image
 from upscaler.metrics import to_uint8
 from upscaler.resampling import bicubic_resize
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from upscaler.errors import InputError, UpscaleError
-from upscaler.image_job import find_images
-from upscaler.images import read_image
+from upscaler.image.folder import find_images
+from upscaler.image.formats import read_image
 from upscaler.metrics import SSIM_WINDOW, psnr, ssim, to_uint8
 from upscaler.resampling import bicubic_resize
 

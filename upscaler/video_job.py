@@ -68,9 +68,8 @@ from upscaler.encoding import (
 )
 from upscaler.errors import InputError, OutputError, UpscaleError
 from upscaler.files import free_bytes, is_disk_full, megabytes, write_bytes_atomically
-from upscaler.image_job import upscale_picture
-from upscaler.images import Picture
 from upscaler.muxing import mux_output
+from upscaler.picture import Picture, upscale_picture
 from upscaler.pipeline import InferStream, run_pipeline
 from upscaler.video import VideoFrame, VideoInfo, decode_frames, probe_video
 

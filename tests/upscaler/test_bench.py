@@ -244,7 +244,8 @@ def test_command_table_and_json(tmp_path: Path) -> None:
 def test_command_measures_bf16_psnr_on_a_set(tmp_path: Path) -> None:
     import numpy as np
 
-    from upscaler.images import Picture, write_image
+    from upscaler.image.formats import write_image
+    from upscaler.picture import Picture
 
     weights = tiny_weights(tmp_path, "compact")
     rng = np.random.default_rng(0)
@@ -268,9 +269,10 @@ def test_bf16_psnr_is_measured_on_a_backend_that_has_bf16(tmp_path: Path) -> Non
     # quality run must not stop at its bf16 half.
     pytest.importorskip("onnxruntime", reason="the case needs onnxruntime, which auto takes for RRDBNet")
     from upscaler.bench import measure_quality
-    from upscaler.images import Picture, write_image
+    from upscaler.image.formats import write_image
     from upscaler.models import load_model
     from upscaler.options import BackendOptions, TileOptions
+    from upscaler.picture import Picture
 
     if not cpu_has_bf16():
         pytest.skip("this CPU has no bf16 (AVX512_BF16 or AMX)")

@@ -11,19 +11,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import SHARED_DATA
-from upscaler import image_job
 from upscaler.errors import InputError, OutOfMemory, OutputError
-from upscaler.image_job import (
-    ImageTask,
-    JobReport,
-    OutputPlan,
-    find_images,
-    plan_outputs,
-    run_image_job,
-    scale_suffix,
-    upscale_picture,
-)
-from upscaler.images import Picture, read_image
+from upscaler.image import job as image_job
+from upscaler.image.folder import ImageTask, OutputPlan, find_images, plan_outputs, scale_suffix
+from upscaler.image.formats import read_image
+from upscaler.image.job import JobReport, run_image_job
+from upscaler.picture import Picture, upscale_picture
 
 EDGE_CASES = SHARED_DATA / "images" / "edge-cases"
 
@@ -510,7 +503,7 @@ def test_a_rerun_finishes_the_job_without_redoing_or_overwrite(tmp_path: Path) -
 
 
 def test_outputs_carry_their_mark_and_are_never_inputs(tmp_path: Path) -> None:
-    from upscaler.images import read_mark
+    from upscaler.image.formats import read_mark
 
     make(tmp_path / "a.png")
     make(tmp_path / "b.jpg")

@@ -13,9 +13,10 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageOps
 
 from tests.conftest import SHARED_DATA
-from upscaler import images
 from upscaler.errors import InputError, OutputError
-from upscaler.images import SUPPORTED_SUFFIXES, EncodeOptions, Picture, read_image, write_image
+from upscaler.image import formats as images
+from upscaler.image.formats import SUPPORTED_SUFFIXES, EncodeOptions, read_image, write_image
+from upscaler.picture import Picture
 
 EDGE_CASES = SHARED_DATA / "images" / "edge-cases"
 needs_edge_cases = pytest.mark.skipif(

@@ -50,7 +50,8 @@ def images(
 
     PNG, JPEG, WebP, TIFF and BMP; alpha, 16-bit and grayscale are kept.
     """
-    from upscaler.image_job import find_images, job_key, plan_outputs, run_image_job, scale_suffix
+    from upscaler.image.folder import find_images, job_key, plan_outputs, scale_suffix
+    from upscaler.image.job import run_image_job
     from upscaler.models import load_model
     from upscaler.upscaling import open_upscaler
 

@@ -1,17 +1,10 @@
-"""The `upscale images` job: find images, plan where each output goes, and upscale them all.
+"""Which images a folder job reads and where each output goes: finding, planning, marks.
 
     found = find_images([Path("photos")], glob="*.jpg")
-    plan = plan_outputs(found, suffix=scale_suffix(4), output_dir=Path("big"))
-    report = run_image_job(plan, upscale, scale=4, progress=True)
+    plan = plan_outputs(found, suffix=scale_suffix(4), output_dir=Path("big"), job=job_key(digest))
 
-`upscale` is the model through tiling, given by the caller: it takes a float32 H x W x 3 RGB array in
-[0, 1] and returns the (H * scale) x (W * scale) x 3 result. This module never imports torch.
-
-Decoding and encoding overlap with inference: `upscaler.pipeline.run_pipeline` reads on one thread and
-writes on another, joined to the caller's thread (which runs `upscale`) by small bounded queues. A file
-that cannot be read, upscaled (an `UpscaleError` from `upscale`) or written is recorded in the report and
-the others go on; any other exception stops every thread and is raised, as it came, in the caller's
-thread.
+An output of `upscale` carries a mark (`upscaler.image.formats.add_mark`) of its job's settings and its
+input, so that the same command again finishes an interrupted job and never reads its own outputs.
 """
 
 from __future__ import annotations
@@ -19,35 +12,13 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import math
 import os
-import sys
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
-from tqdm import tqdm
-
-from upscaler.errors import InputError, OutputError, UpscaleError
-from upscaler.files import remove_stale_temporaries
-from upscaler.images import (
-    SUPPORTED_SUFFIXES,
-    EncodeOptions,
-    Picture,
-    output_format,
-    read_image,
-    read_mark,
-    write_image,
-)
-from upscaler.pipeline import StageError, StageNames, run_pipeline
-
-Upscale = Callable[[np.ndarray], np.ndarray]
-
-_QUEUE_SIZE = 2
-_STAGE_NAMES = StageNames(decode="read", infer="upscale", encode="write")
+from upscaler.errors import InputError
+from upscaler.image.formats import SUPPORTED_SUFFIXES, output_format, read_mark
 
 
 @dataclass(frozen=True)
@@ -74,16 +45,6 @@ class OutputPlan:
     kept: list[Path] = field(default_factory=list)  # the outputs of `skipped` and `done`
     warnings: list[str] = field(default_factory=list)
     refused: list[tuple[Path, str]] = field(default_factory=list)
-
-
-@dataclass
-class JobReport:
-    """What a job did: outputs written, inputs skipped, and (input, message) for inputs that failed."""
-
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    done: list[Path] = field(default_factory=list)
 
 
 def job_key(model_digest: str, **settings: object) -> str:
@@ -316,170 +277,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------------------- upscaling
 
 
-def upscale_picture(
-    picture: Picture, upscale: Upscale, *, scale: float, outscale: float | None = None
-) -> Picture:
-    """Run `upscale` on a picture's colour (and alpha), and resize to `outscale` when it differs.
-
-    A non-opaque alpha goes through the same `upscale` as a gray image (its three outputs averaged);
-    a fully opaque one is recreated at the output size without running the model. The final size is
-    round(W * outscale) x round(H * outscale), resized from the model's output with INTER_AREA when
-    shrinking and INTER_LANCZOS4 when growing. Depth and grayscale are carried over unchanged.
-    """
-    outscale = scale if outscale is None else outscale
-    final = (_round_half_up(picture.height * outscale), _round_half_up(picture.width * outscale))
-
-    rgb = _run_model(upscale, picture.rgb, scale)
-    alpha = None
-    if picture.alpha is not None and not np.all(picture.alpha == 1.0):
-        alpha = _run_model(upscale, np.repeat(picture.alpha[:, :, None], 3, axis=2), scale)
-        alpha = alpha.mean(axis=2, dtype=np.float32)
-
-    rgb = _resize(rgb, final)
-    if alpha is not None:
-        alpha = _resize(alpha, final)
-    elif picture.alpha is not None:
-        alpha = np.ones(final, dtype=np.float32)
-    return Picture(rgb=rgb, alpha=alpha, depth=picture.depth, grayscale=picture.grayscale)
-
-
-def _run_model(upscale: Upscale, pixels: np.ndarray, scale: float) -> np.ndarray:
-    out = upscale(pixels)
-    height, width = pixels.shape[:2]
-    expected = (_round_half_up(height * scale), _round_half_up(width * scale), 3)
-    if out.shape != expected:
-        # The caller's callable broke its contract: a bug, so not a per-file UpscaleError.
-        raise ValueError(f"upscale returned {out.shape} for a {height}x{width} input; expected {expected}")
-    return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    height, width = size
-    if pixels.shape[:2] == size:
-        return pixels
-    shrinking = height * width < pixels.shape[0] * pixels.shape[1]
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4
-    resized = cv2.resize(pixels, (width, height), interpolation=interpolation)
-    # Lanczos overshoots at edges; keep values in [0, 1] for the next stage.
-    return np.clip(resized, 0.0, 1.0, out=resized)
-
-
-def _round_half_up(value: float) -> int:
-    return max(1, math.floor(value + 0.5))
-
-
 # ------------------------------------------------------------------------------------------- stages
 # The three stages `run_pipeline` joins, each testable without threads. A file that cannot be read,
 # upscaled or written travels on as a `_Failed` value and the job goes on; only a bug fails a stage.
-
-
-@dataclass(frozen=True)
-class _Image:
-    """A file's picture on its way through the stages: as read, then as upscaled."""
-
-    task: ImageTask
-    picture: Picture
-
-
-@dataclass(frozen=True)
-class _Failed:
-    """One file failed; the job goes on."""
-
-    task: ImageTask
-    message: str
-
-
-def _read_stage(tasks: Iterable[ImageTask]) -> Iterator[_Image | _Failed]:
-    for task in tasks:
-        try:
-            picture = read_image(task.source)
-        except UpscaleError as error:
-            yield _Failed(task, str(error))
-        else:
-            yield _Image(task, picture)
-
-
-def _upscale_item(
-    item: _Image | _Failed, upscale: Upscale, scale: float, outscale: float | None
-) -> _Image | _Failed:
-    if isinstance(item, _Failed):
-        return item
-    try:
-        picture = upscale_picture(item.picture, upscale, scale=scale, outscale=outscale)
-    except UpscaleError as error:
-        return _Failed(item.task, f"cannot upscale {item.task.source}: {error}")
-    return _Image(item.task, picture)
-
-
-def _write_item(item: _Image | _Failed, options: EncodeOptions) -> _Failed | None:
-    """Write an upscaled picture to its target; None when written, else why not."""
-    if isinstance(item, _Failed):
-        return item
-    target = item.task.target
-    try:
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise OutputError(f"cannot create folder {target.parent}: {error.strerror or error}") from None
-        write_image(target, item.picture, options, mark=item.task.mark)
-    except UpscaleError as error:
-        return _Failed(item.task, str(error))
-    return None
-
-
-# ------------------------------------------------------------------------------------------- runner
-
-
-def run_image_job(
-    plan: OutputPlan,
-    upscale: Upscale,
-    *,
-    scale: float,
-    outscale: float | None = None,
-    encode: EncodeOptions | None = None,
-    progress: bool = False,
-) -> JobReport:
-    """Upscale every task of `plan` and write it; return what was written, skipped and failed.
-
-    scale: the factor `upscale` enlarges by; outscale: the factor of the files written (None: scale).
-    progress: show a tqdm bar over files on stderr. The plan's skipped and refused inputs are in the
-    report too. `upscale` runs in the calling thread.
-    """
-    if outscale is not None and not outscale > 0:
-        raise InputError(f"outscale: must be greater than 0 (got {outscale})")
-    options = encode or EncodeOptions()
-    report = JobReport(skipped=list(plan.skipped), failed=list(plan.refused), done=list(plan.done))
-    # What a killed earlier run left: temporaries beside these outputs, older than this run
-    started = time.time()
-    for target in [task.target for task in plan.tasks] + plan.kept:
-        remove_stale_temporaries(target, started)
-    if not plan.tasks:
-        return report
-
-    bar = tqdm(total=len(plan.tasks), unit="image", file=sys.stderr, disable=not progress)
-
-    def write(items: Iterator[_Image | _Failed]) -> JobReport:
-        for item in items:
-            failed = _write_item(item, options)
-            if failed is None:
-                report.written.append(item.task.target)
-            else:
-                report.failed.append((failed.task.source, failed.message))
-                bar.set_postfix(failed=len(report.failed) - len(plan.refused), refresh=False)
-            bar.update(1)
-        return report
-
-    try:
-        return run_pipeline(
-            _read_stage(plan.tasks),
-            lambda item: _upscale_item(item, upscale, scale, outscale),
-            write,
-            queue_size=_QUEUE_SIZE,
-            names=_STAGE_NAMES,
-        )
-    except StageError as failure:
-        # Per-file problems never fail a stage, so this is a bug: raised as it came, not as a StageError.
-        crash = failure.error
-    finally:
-        bar.close()
-    raise crash

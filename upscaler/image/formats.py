@@ -30,6 +30,7 @@ from PIL import Image
 
 from upscaler.errors import InputError, OutputError
 from upscaler.files import write_atomically
+from upscaler.picture import Picture
 
 # Suffix (lowercase, with the dot) -> the format's name, which is also the suffix OpenCV encodes by.
 _FORMATS: dict[str, str] = {
@@ -48,42 +49,6 @@ _ALPHA_FORMATS = frozenset({".png", ".tiff", ".webp"})
 
 _ORIENTATION_TAG = 0x0112
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@dataclass(frozen=True, eq=False)
-class Picture:
-    """A decoded image, ready for a model.
-
-    rgb: float32 H x W x 3 in [0, 1] (a grayscale image has its one channel repeated three times, because
-    models take RGB); alpha: float32 H x W in [0, 1], or None; depth: 8 or 16, the integer depth to write
-    back where the format allows; grayscale: write one channel (the mean of the three) instead of RGB.
-    """
-
-    rgb: np.ndarray
-    alpha: np.ndarray | None = None
-    depth: int = 8
-    grayscale: bool = False
-
-    def __post_init__(self) -> None:
-        if self.rgb.dtype != np.float32 or self.rgb.ndim != 3 or self.rgb.shape[2] != 3:
-            raise ValueError(f"Picture.rgb must be float32 H x W x 3, got {self.rgb.dtype} {self.rgb.shape}")
-        if self.alpha is not None and (
-            self.alpha.dtype != np.float32 or self.alpha.shape != self.rgb.shape[:2]
-        ):
-            raise ValueError(
-                f"Picture.alpha must be float32 {self.rgb.shape[:2]}, "
-                f"got {self.alpha.dtype} {self.alpha.shape}"
-            )
-        if self.depth not in (8, 16):
-            raise ValueError(f"Picture.depth must be 8 or 16, got {self.depth}")
-
-    @property
-    def height(self) -> int:
-        return int(self.rgb.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.rgb.shape[1])
 
 
 @dataclass(frozen=True)

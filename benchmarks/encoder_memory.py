@@ -22,10 +22,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-import upscaler.encoding as encoding
+import upscaler.video.encode as encoding
 from upscaler.allocator import keep_freed_memory
-from upscaler.encoding import quantize
-from upscaler.video import decode_frames, probe_video
+from upscaler.video.encode import quantize
+from upscaler.video.probe import decode_frames, probe_video
 
 
 def main() -> None:

@@ -30,10 +30,7 @@ LAYERS = {
     "upscaler.picture": 5,
     "upscaler.image": 5,
     "upscaler.video": 5,
-    "upscaler.encoding": 5,
-    "upscaler.muxing": 5,
     "upscaler.pipeline": 5,
-    "upscaler.video_job": 5,
     "upscaler.upscaling": 5,
     "upscaler.bench": 5,
     "upscaler.cli": 6,
@@ -133,3 +130,11 @@ def test_help_imports_no_heavy_module() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "", f"--help imported {result.stdout.strip()}"
+
+
+def test_the_image_and_video_packages_do_not_borrow_from_each_other() -> None:
+    # both stand on upscaler.picture and upscaler.upscaling, the shared frame-upscaling layer
+    for package, other in (("image", "upscaler.video"), ("video", "upscaler.image")):
+        for path in python_files(f"upscaler/{package}"):
+            borrowed = [name for name in imports_of(path) if name == other or name.startswith(other + ".")]
+            assert not borrowed, f"{module_name(path)} imports {borrowed}"

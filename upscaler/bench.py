@@ -765,10 +765,17 @@ def measure_video(
 ) -> VideoRun:
     """`upscale video`'s job on a generated clip, and the same upscaler on the same frames alone."""
     from upscaler.backend import get_backend
-    from upscaler.encoding import EncodeSettings, level_dtype, lookahead_frames, row_quantizer, usable_cores
     from upscaler.upscaling import open_upscaler
-    from upscaler.video import decode_frames, probe_video
-    from upscaler.video_job import plan_video_job, run_video_job
+    from upscaler.video.encode import (
+        EncodeSettings,
+        level_dtype,
+        lookahead_frames,
+        row_quantizer,
+        usable_cores,
+    )
+    from upscaler.video.job import run_video_job
+    from upscaler.video.plan import plan_video_job
+    from upscaler.video.probe import decode_frames, probe_video
 
     # yuv420p needs even sides.
     width, height = max(2, width - width % 2), max(2, height - height % 2)
@@ -840,8 +847,8 @@ def measure_video(
 
 def check_video_settings(settings: BenchSettings, scale: int, work_dir: Path) -> None:
     """Raise the error `upscale video` would give for the video job's encoder settings."""
-    from upscaler.encoding import EncodeSettings
-    from upscaler.video_job import plan_video_job
+    from upscaler.video.encode import EncodeSettings
+    from upscaler.video.plan import plan_video_job
 
     clip = write_test_clip(work_dir / "check.mp4", 16, 16, 1)
     plan_video_job(

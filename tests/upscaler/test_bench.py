@@ -324,13 +324,14 @@ def test_the_ceiling_is_what_the_cores_leave_after_the_model_and_the_io() -> Non
 
 def test_the_replayed_job_encodes_what_the_model_made(tmp_path: Path, monkeypatch) -> None:
     # The job without the model is the same job: its encoder gets the same frames at the same times.
-    from upscaler import encoding
     from upscaler.bench import _Replay, write_test_clip
     from upscaler.models import load_model
     from upscaler.options import BackendOptions, TileOptions
     from upscaler.upscaling import open_upscaler
-    from upscaler.video import decode_frames, probe_video
-    from upscaler.video_job import plan_video_job, run_video_job
+    from upscaler.video import encode as encoding
+    from upscaler.video.job import run_video_job
+    from upscaler.video.plan import plan_video_job
+    from upscaler.video.probe import decode_frames, probe_video
 
     written: dict[str, list] = {}
     write = encoding.PartWriter.write

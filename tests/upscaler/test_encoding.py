@@ -10,10 +10,11 @@ import av
 import numpy as np
 import pytest
 
-import upscaler.encoding as encoding_module
+import upscaler.video.encode as encoding_module
 from tests.conftest import shared_data
 from tests.upscaler import video_clips as clips
-from upscaler.encoding import (
+from upscaler.errors import OutputError
+from upscaler.video.encode import (
     EncodeSettings,
     PartWriter,
     bound_lookahead,
@@ -22,8 +23,7 @@ from upscaler.encoding import (
     quantize,
     resolve_encoding,
 )
-from upscaler.errors import OutputError
-from upscaler.video import ColourTags, VideoInfo, decode_frames, probe_video
+from upscaler.video.probe import ColourTags, VideoInfo, decode_frames, probe_video
 
 
 @pytest.fixture(scope="module")

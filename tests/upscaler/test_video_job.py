@@ -18,23 +18,19 @@ import pytest
 from tests.conftest import shared_data
 from tests.upscaler import video_checks as check
 from tests.upscaler import video_clips as clips
-from upscaler import video_job
-from upscaler.encoding import EncodeSettings
 from upscaler.errors import InputError, OutputError, UpscaleError
 from upscaler.pipeline import StageError
 from upscaler.tiling import Tiler
 from upscaler.values import SizeRequirement
-from upscaler.video_job import (
-    Journal,
-    Note,
-    PartRecord,
-    Progress,
-    hold_output,
-    plan_video_job,
-    read_journal,
-    run_video_job,
-    write_journal,
-)
+from upscaler.video import job as video_job
+from upscaler.video import lock as video_lock
+from upscaler.video import parts as video_parts
+from upscaler.video.encode import EncodeSettings
+from upscaler.video.events import Note, Progress
+from upscaler.video.job import run_video_job
+from upscaler.video.journal import Journal, PartRecord, read_journal, write_journal
+from upscaler.video.lock import hold_output
+from upscaler.video.plan import plan_video_job
 
 LOSSLESS = EncodeSettings(codec="ffv1")
 KEY = {"model": "nearest-x2"}
@@ -68,7 +64,7 @@ def plan(source: Path, destination: Path, **options):
 _HOLDER = """
 import sys
 from pathlib import Path
-from upscaler.video_job import hold_output
+from upscaler.video.lock import hold_output
 with hold_output(Path(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.read()
@@ -536,23 +532,23 @@ def test_an_interrupt_keeps_finished_parts_and_leaves_no_output(tmp_path: Path) 
 
 
 def test_a_failed_mux_leaves_no_output_and_the_next_run_only_muxes(tmp_path: Path, monkeypatch) -> None:
-    import upscaler.video_job
+    import upscaler.video.job
 
     source = clips.cfr_clip(tmp_path, frames=12)
     out = tmp_path / "out.mp4"
-    mux = upscaler.video_job.mux_output
+    mux = upscaler.video.job.mux_output
 
     def failing_mux(parts, source, destination, encoding, **options):
         destination.write_bytes(b"half a file")
         raise OutputError("the disk is full")
 
-    monkeypatch.setattr(upscaler.video_job, "mux_output", failing_mux)
+    monkeypatch.setattr(upscaler.video.job, "mux_output", failing_mux)
     with pytest.raises(OutputError) as caught:
         run_video_job(plan(source, out), nearest)
     assert "the same command muxes them again" in caught.value.hint
     assert leftovers(tmp_path, {"cfr.mp4"}) == [".out.mp4.upscale-parts"]
 
-    monkeypatch.setattr(upscaler.video_job, "mux_output", mux)
+    monkeypatch.setattr(upscaler.video.job, "mux_output", mux)
     counting = Counting()
     report = run_video_job(plan(source, out), counting)
     assert counting.calls == 0 and report.frames == report.resumed_frames == 12
@@ -561,13 +557,13 @@ def test_a_failed_mux_leaves_no_output_and_the_next_run_only_muxes(tmp_path: Pat
 
 
 def test_a_failed_mux_names_the_output_not_its_temporary_file(tmp_path: Path, monkeypatch) -> None:
-    import upscaler.video_job
+    import upscaler.video.job
 
     def failing_mux(parts, source, destination, encoding, **options):
         destination.write_bytes(b"half a file")
         raise OutputError(f"{destination.name}: writing failed: No space left on device")
 
-    monkeypatch.setattr(upscaler.video_job, "mux_output", failing_mux)
+    monkeypatch.setattr(upscaler.video.job, "mux_output", failing_mux)
     source = clips.cfr_clip(tmp_path, frames=4, audio=False)
     with pytest.raises(OutputError) as caught:
         run_video_job(plan(source, tmp_path / "out.mkv"), nearest)
@@ -576,7 +572,7 @@ def test_a_failed_mux_names_the_output_not_its_temporary_file(tmp_path: Path, mo
 
 
 def test_a_failed_rename_is_an_output_error(tmp_path: Path, monkeypatch) -> None:
-    import upscaler.video_job
+    import upscaler.video.job
 
     replace = os.replace
 
@@ -585,7 +581,7 @@ def test_a_failed_rename_is_an_output_error(tmp_path: Path, monkeypatch) -> None
             raise PermissionError(13, "Permission denied")
         replace(source, destination)
 
-    monkeypatch.setattr(upscaler.video_job.os, "replace", failing_replace)
+    monkeypatch.setattr(upscaler.video.job.os, "replace", failing_replace)
     source = clips.cfr_clip(tmp_path, frames=4, audio=False)
     with pytest.raises(OutputError, match="out.mkv: cannot be written: Permission denied"):
         run_video_job(plan(source, tmp_path / "out.mkv"), nearest)
@@ -655,7 +651,7 @@ def test_a_job_holds_its_output_while_it_runs(tmp_path: Path) -> None:
 def test_without_flock_a_lock_file_of_a_live_process_stops_and_a_stale_one_is_taken_over(
     tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(video_job, "fcntl", None)
+    monkeypatch.setattr(video_lock, "fcntl", None)
     out = tmp_path / "out.mkv"
     work = tmp_path / ".out.mkv.upscale-parts"
     work.mkdir()
@@ -730,14 +726,14 @@ def test_a_full_disk_is_said_as_such_and_the_finished_parts_stay(
     out = tmp_path / "out.mkv"
     written = []
 
-    class FillingWriter(video_job.PartWriter):
+    class FillingWriter(video_parts.PartWriter):
         def write(self, pts, rgb):
             written.append(pts)
             if len(written) == 12:  # in the second part
                 raise OSError(errno.ENOSPC, "No space left on device")
             super().write(pts, rgb)
 
-    monkeypatch.setattr(video_job, "PartWriter", FillingWriter)
+    monkeypatch.setattr(video_parts, "PartWriter", FillingWriter)
     with pytest.raises(OutputError) as caught:
         run_video_job(plan(source, out, settings=LOSSLESS), nearest)
     message = caught.value.message

@@ -123,10 +123,12 @@ def video(
     keeps its timestamp, colour tags and rotation are kept. Work is saved in parts beside OUTPUT: if the
     run stops, the same command goes on where it stopped.
     """
-    from upscaler.encoding import EncodeSettings
     from upscaler.models import load_model
     from upscaler.upscaling import open_upscaler
-    from upscaler.video_job import hold_output, plan_video_job, run_video_job
+    from upscaler.video.encode import EncodeSettings
+    from upscaler.video.job import run_video_job
+    from upscaler.video.lock import hold_output
+    from upscaler.video.plan import plan_video_job
 
     # SVT-AV1 prints a banner of a dozen lines on every encoder it opens (each part opens one); its
     # svtav1-params have no log level, only this variable: errors only, unless the user set it.
@@ -239,7 +241,7 @@ class _Display:
         self.bar = None
 
     def __call__(self, event) -> None:
-        from upscaler.video_job import Note
+        from upscaler.video.events import Note
 
         if isinstance(event, Note):
             line = f"Warning: {event.message}" if event.warning else event.message

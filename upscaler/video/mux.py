@@ -23,9 +23,9 @@ from pathlib import Path
 import av
 import av.error
 
-from upscaler.encoding import FIRST_PTS_KEY, Encoding, colour_numbers
 from upscaler.errors import InputError, OutputError
-from upscaler.video import VideoInfo
+from upscaler.video.encode import FIRST_PTS_KEY, Encoding, colour_numbers
+from upscaler.video.probe import VideoInfo
 
 # Audio codecs (canonical names) each container is known to carry for common players; None: whatever
 # FFmpeg accepts.

@@ -29,7 +29,7 @@ import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from upscaler.errors import OutputError
-from upscaler.video import (
+from upscaler.video.probe import (
     MATRIX_NAMES,
     PRIMARIES_NAMES,
     RANGE_NAMES,

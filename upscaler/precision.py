@@ -55,19 +55,31 @@ def cpu_bf16_feature() -> str | None:
     return cpuinfo_bf16_feature()
 
 
-def cpuinfo_bf16_feature(path: Path = CPUINFO) -> str | None:
+def cpuinfo_field(name: str, path: Path = CPUINFO) -> str | None:
+    """The value of the first `name` line of /proc/cpuinfo ("flags", "model name"), or None where there
+    is no such file (macOS, Windows) or line. The one reader of that file."""
     try:
-        text = path.read_text(errors="replace")
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         return None
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.partition(":")[2].split())
-            if "amx_bf16" in flags:
-                return "AMX"
-            if "avx512_bf16" in flags:
-                return "AVX512_BF16"
-            return None
+    return None
+
+
+def cpu_flags(path: Path = CPUINFO) -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    return frozenset((cpuinfo_field("flags", path) or "").split())
+
+
+def cpuinfo_bf16_feature(path: Path = CPUINFO) -> str | None:
+    flags = cpu_flags(path)
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX512_BF16"
     return None
 
 

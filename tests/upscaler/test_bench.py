@@ -13,16 +13,9 @@ from click.testing import CliRunner
 from torch import nn
 
 from tests.conftest import tiny_weights
-from upscaler.bench import (
-    BenchSettings,
-    Timing,
-    VideoRun,
-    architecture_flops,
-    count_flops,
-    cpu_has_bf16,
-    hardware_precisions,
-    run_bench,
-)
+from upscaler.bench.machine import architecture_flops, count_flops, cpu_has_bf16, hardware_precisions
+from upscaler.bench.report import BenchSettings, Timing, VideoRun
+from upscaler.bench.run import run_bench
 from upscaler.cli import cli
 from upscaler.models import find_model
 from upscaler.values import Precision
@@ -268,7 +261,7 @@ def test_bf16_psnr_is_measured_on_a_backend_that_has_bf16(tmp_path: Path) -> Non
     # For an fp32 RRDBNet on the CPU auto takes onnxruntime (CPU_FP32_FIRST), which has no bf16; the
     # quality run must not stop at its bf16 half.
     pytest.importorskip("onnxruntime", reason="the case needs onnxruntime, which auto takes for RRDBNet")
-    from upscaler.bench import measure_quality
+    from upscaler.bench.backends import measure_quality
     from upscaler.image.formats import write_image
     from upscaler.models import load_model
     from upscaler.options import BackendOptions, TileOptions
@@ -324,7 +317,7 @@ def test_the_ceiling_is_what_the_cores_leave_after_the_model_and_the_io() -> Non
 
 def test_the_replayed_job_encodes_what_the_model_made(tmp_path: Path, monkeypatch) -> None:
     # The job without the model is the same job: its encoder gets the same frames at the same times.
-    from upscaler.bench import _Replay, write_test_clip
+    from upscaler.bench.pipeline import _Replay, write_test_clip
     from upscaler.models import load_model
     from upscaler.options import BackendOptions, TileOptions
     from upscaler.upscaling import open_upscaler
@@ -358,9 +351,9 @@ def test_the_replayed_job_encodes_what_the_model_made(tmp_path: Path, monkeypatc
 
 
 def test_outputs_too_big_to_hold_leave_the_io_unmeasured(tmp_path: Path, monkeypatch) -> None:
-    import upscaler.bench
+    import upscaler.bench.pipeline
 
-    monkeypatch.setattr(upscaler.bench, "REPLAY_BYTES", 100)
+    monkeypatch.setattr(upscaler.bench.pipeline, "REPLAY_BYTES", 100)
     video = run_bench(_settings(tiny_weights(tmp_path, "compact"), repeat=1)).video
     assert video.job is not None and video.io_only is None and video.ceiling is None
     assert "GiB to hold" in video.io_problem

@@ -69,7 +69,8 @@ def bench(
     default all that run here); the video and PSNR measurements use them as `upscale video` would
     (auto, fp32 unless given). Medians of --repeat runs, with min-max.
     """
-    from upscaler.bench import SHARED_SET5, BenchSettings, run_bench
+    from upscaler.bench.report import BenchSettings
+    from upscaler.bench.run import SHARED_SET5, run_bench
 
     ctx = click.get_current_context()
     given = {name for name in ("backend", "precision") if ctx.get_parameter_source(name).name != "DEFAULT"}

@@ -1,11 +1,12 @@
-"""Make docs/comparison.png: crops of two Set14 images, bicubic | each bundled model | HR.
+"""Make docs/comparison.png: crops of Set14 images where texture matters, bicubic | each model | HR.
 
     python docs/make_comparison.py ../shared/data/eval/Set14
 
 Each model upscales the set's own LR file (torch, fp32, on the CPU); bicubic is MATLAB's, as
 `upscale eval` uses. A crop is shown at twice its size with nearest-neighbour pixels, so what is seen
-is the model's output, not a viewer's smoothing; the figure under each crop is the PSNR of the whole
-image (Y, 4-pixel border), as `upscale eval` measures it.
+is the model's output, not a viewer's smoothing; the figures under each crop are the PSNR (Y, 4-pixel
+border) and, where its weights are installed, the LPIPS of the whole image, as `upscale eval` measures
+them: a GAN model loses PSNR and gains LPIPS (lower is better) by drawing texture instead of blur.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from upscaler.options import BackendOptions, TileOptions
 from upscaler.resampling import bicubic_resize
 from upscaler.upscaling import open_upscaler
 
-# (image, left, top, side) of each HR crop: a face with fine line work, and a zebra's stripes
-CROPS = (("img_005", 40, 30, 128), ("img_014", 250, 110, 128))
+# (image, left, top, side) of each HR crop: the baboon's fur, the bridge's stonework and a zebra's stripes
+CROPS = (("img_001", 180, 250, 112), ("img_003", 150, 260, 112), ("img_014", 250, 110, 112))
 ZOOM = 2
 LABEL_HEIGHT = 44
 
@@ -45,6 +46,12 @@ def _panel(image: np.ndarray, crop: tuple[int, int, int], title: str, figure: st
     return np.vstack([piece, label])
 
 
+def _lpips():
+    from upscaler.models.lpips import load_lpips, lpips_path
+
+    return load_lpips() if lpips_path().is_file() else None
+
+
 def make_comparison(data: Path, destination: Path, models: tuple[str, ...]) -> None:
     names = [name for name, *_ in CROPS]
     hr = {name: _read(data / "HR" / f"{name}_SRF_4_HR.png") for name in names}
@@ -59,13 +66,19 @@ def make_comparison(data: Path, destination: Path, models: tuple[str, ...]) -> N
             title = Path(model).stem if Path(model).suffix else model
             results[title] = {name: upscaler.upscale(lr[name]) for name in names}
 
+    lpips = _lpips()
     rows = []
     for name, left, top, side in CROPS:
         panels = []
         for method, outputs in results.items():
-            score = psnr(to_uint8(outputs[name]), to_uint8(hr[name]), border=4)
-            panels.append(_panel(outputs[name], (left, top, side), method, f"{score:.2f} dB"))
-        panels.append(_panel(hr[name], (left, top, side), f"HR ({name})", "PSNR on Y"))
+            sr8 = to_uint8(outputs[name])
+            figure = f"{psnr(sr8, to_uint8(hr[name]), border=4):.2f} dB"
+            if lpips is not None:
+                hr8 = to_uint8(hr[name]).astype(np.float32) / 255
+                figure += f"  {lpips.distance(sr8.astype(np.float32) / 255, hr8):.3f}"
+            panels.append(_panel(outputs[name], (left, top, side), method, figure))
+        key = "PSNR, LPIPS" if lpips is not None else "PSNR on Y"
+        panels.append(_panel(hr[name], (left, top, side), f"HR ({name})", key))
         gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
         rows.append(np.hstack([part for panel in panels for part in (panel, gap)][:-1]))
     spacer = np.full((6, rows[0].shape[1], 3), 255, np.uint8)

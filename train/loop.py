@@ -47,10 +47,11 @@ from train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from train.config import ConfigError, Recipe, SchedulerConfig, to_toml
+from train.config import to_toml
 from train.data import IterationSampler, PatchDataset, cache_bytes, load_validation, scan_training_images
 from train.ema import EMA
 from train.logs import CsvLog, TensorBoardLog, curves_image, sample_grid, write_png
+from train.schema import ConfigError, Recipe, SchedulerConfig
 from upscaler.errors import InputError, ModelError, OutputError
 from upscaler.files import write_bytes_atomically
 from upscaler.metrics import psnr, ssim, to_uint8

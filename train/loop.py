@@ -18,8 +18,6 @@ Run directory:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import signal
@@ -28,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from train import distributed
+from train.card import earlier_commands, progress_line, write_card
 from train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
@@ -51,15 +49,21 @@ from train.config import to_toml
 from train.data import IterationSampler, PatchDataset, cache_bytes, load_validation, scan_training_images
 from train.ema import EMA
 from train.logs import CsvLog, TensorBoardLog, curves_image, sample_grid, write_png
-from train.schema import ConfigError, Recipe, SchedulerConfig
-from upscaler.errors import InputError, ModelError, OutputError
-from upscaler.files import write_bytes_atomically
-from upscaler.metrics import psnr, ssim, to_uint8
-from upscaler.models import build_model, find_model, get_architecture, read_weights, save_weights
-from upscaler.values import SizeRequirement
+from train.losses import GANLoss, PerceptualLoss, PixelLoss
+from train.networks import (
+    adam,
+    build_discriminator,
+    check_pretrained_config,
+    load_pretrained,
+    pretrained_path,
+    scheduler,
+)
+from train.schema import ConfigError, Recipe
+from train.steps import Objective, Precision, discriminator_step, generator_step
+from train.validation import SAMPLE_IMAGES, measure_bicubic, validate_images
+from upscaler.errors import InputError, OutputError
+from upscaler.models import build_model, get_architecture, read_weights, save_weights
 
-# How many validation images samples.png shows.
-SAMPLE_IMAGES = 4
 # How train() shows its progress (see its docstring).
 PROGRESS = ("bar", "lines", "none")
 
@@ -122,7 +126,7 @@ def train(
         )
     if losses_cfg.uses_gan:
         with torch.device("meta"):  # a crop size the discriminator cannot take fails here, costing nothing
-            _build_discriminator(recipe)
+            build_discriminator(recipe)
     for key, flag, folder in (
         *(("data.hr", "--data", folder) for folder in recipe.data.hr),
         ("data.lq", "--lq", recipe.data.lq),
@@ -160,7 +164,7 @@ def train(
             )
         report(f"Resuming {run_dir} from iteration {checkpoint['iteration']} ({found.name}).")
     elif cfg.pretrained:
-        path = _pretrained_path(cfg.pretrained)
+        path = pretrained_path(cfg.pretrained)
         if not path.is_file():
             raise InputError(
                 f"train.pretrained: no such weights file: {path}",
@@ -168,9 +172,9 @@ def train(
                 f"model id (--pretrained '' starts {recipe.name} from random weights)",
             )
         pretrained, metadata = read_weights(path)
-        _check_pretrained_config(recipe, metadata, cfg.pretrained)
+        check_pretrained_config(recipe, metadata, cfg.pretrained)
         with torch.device("meta"):  # does it fit? known before the data is read, at no cost
-            _load_pretrained(
+            load_pretrained(
                 build_model(recipe.model.arch, recipe.model.config), dict(pretrained), path, False
             )
     if place.is_main:
@@ -250,7 +254,7 @@ def train(
     torch.manual_seed(cfg.seed)
     net_g = build_model(recipe.model.arch, recipe.model.config)
     if pretrained is not None:
-        _load_pretrained(net_g, pretrained, cfg.pretrained)
+        load_pretrained(net_g, pretrained, cfg.pretrained)
     # channels_last convolutions measured 5-20% faster per training step on these CPUs (bf16 and fp32);
     # on CUDA they are what the tensor cores want under autocast
     layout = (
@@ -260,31 +264,33 @@ def train(
     )
     net_g.to(device, memory_format=layout).train()
     net_d = (
-        _build_discriminator(recipe).to(device, memory_format=layout).train() if losses_cfg.uses_gan else None
+        build_discriminator(recipe).to(device, memory_format=layout).train() if losses_cfg.uses_gan else None
     )
     ema = EMA(net_g, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
-    optim_g = _adam(net_g, recipe.optim_g)
-    sched_g = _scheduler(optim_g, recipe.scheduler)
-    optim_d = _adam(net_d, recipe.optim_d) if net_d is not None else None
-    sched_d = _scheduler(optim_d, recipe.scheduler) if optim_d is not None else None
+    optim_g = adam(net_g, recipe.optim_g)
+    sched_g = scheduler(optim_g, recipe.scheduler)
+    optim_d = adam(net_d, recipe.optim_d) if net_d is not None else None
+    sched_d = scheduler(optim_d, recipe.scheduler) if optim_d is not None else None
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-
-    from train.losses import GANLoss, PerceptualLoss, PixelLoss
-
-    pixel_loss = PixelLoss(losses_cfg.pixel)
-    perceptual_loss = (
-        PerceptualLoss(vgg.to(device), losses_cfg.perceptual_criterion, losses_cfg.perceptual_feature_scale)
-        if losses_cfg.uses_vgg
-        else None
+    precision = Precision(
+        device.type, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision), scaler
     )
-    gan_loss = GANLoss(losses_cfg.gan) if losses_cfg.uses_gan else None
+    objective = Objective(
+        weights=losses_cfg,
+        pixel=PixelLoss(losses_cfg.pixel),
+        perceptual=PerceptualLoss(
+            vgg.to(device), losses_cfg.perceptual_criterion, losses_cfg.perceptual_feature_scale
+        )
+        if losses_cfg.uses_vgg
+        else None,
+        gan=GANLoss(losses_cfg.gan) if losses_cfg.uses_gan else None,
+    )
 
     history: dict[str, Any] = {"losses": {}, "psnr": [], "ssim": []}
     wall_time = 0.0
     # the command that started the run, then each that resumed it
-    commands = (_earlier_commands(checkpoint, run_dir / f"{recipe.name}.json") if checkpoint else []) + (
+    commands = (earlier_commands(checkpoint, run_dir / f"{recipe.name}.json") if checkpoint else []) + (
         [command] if command else []
     )
     if checkpoint is not None:
@@ -352,12 +358,12 @@ def train(
         )
         val_csv = CsvLog(run_dir / "val.csv", ["psnr", "ssim"], resume_at=start if resume else None)
         board = TensorBoardLog(run_dir / "tensorboard", purge_step=start + 1 if resume else None)
-    bicubic_scores = _bicubic_scores(validation, scale)
+    bicubic_scores = measure_bicubic(validation, scale)
     requirement = architecture.requirement(recipe.model.config)
 
     def validate(iteration: int) -> tuple[float, float]:
         network = ema.net if ema is not None else distributed.unwrap(net_g)
-        scores, triples = _validate(network, validation, scale, device, requirement)
+        scores, triples = validate_images(network, validation, scale, device, requirement)
         network.train(ema is None)
         history["psnr"].append((iteration, scores[0]))
         history["ssim"].append((iteration, scores[1]))
@@ -426,40 +432,10 @@ def train(
             lq = lq.to(device, non_blocking=True).contiguous(memory_format=layout)
             gt = gt.to(device, non_blocking=True).contiguous(memory_format=layout)
             iteration += 1
-            values: dict[str, torch.Tensor] = {}
 
-            # generator step: D is frozen, and called without its DDP wrapper (nothing of it to sync)
+            sr, values = generator_step(net_g, net_d, lq, gt, objective, optim_g, precision)
             if net_d is not None:
-                distributed.unwrap(net_d).requires_grad_(False)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                sr = net_g(lq)
-                if losses_cfg.pixel_weight > 0:
-                    values["pixel"] = losses_cfg.pixel_weight * pixel_loss(sr, gt)
-                if perceptual_loss is not None:
-                    values["perceptual"] = losses_cfg.perceptual_weight * perceptual_loss(sr, gt)
-                if gan_loss is not None:
-                    plain_d = distributed.unwrap(net_d)
-                    with torch.no_grad():  # constants to the generator (RaGAN compares with them)
-                        real_logits = plain_d(gt)
-                    values["gan"] = losses_cfg.gan_weight * gan_loss.generator(real_logits, plain_d(sr))
-                loss_g = sum(values.values())
-            optim_g.zero_grad(set_to_none=True)
-            scaler.scale(loss_g).backward()
-            scaler.step(optim_g)
-
-            # discriminator step, on the detached SR batch
-            if net_d is not None:
-                distributed.unwrap(net_d).requires_grad_(True)
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    real_logits = net_d(gt)
-                    fake_logits = net_d(sr.detach())
-                    loss_d = gan_loss.discriminator(real_logits, fake_logits)
-                optim_d.zero_grad(set_to_none=True)
-                scaler.scale(loss_d).backward()
-                scaler.step(optim_d)
-                values["d"] = loss_d
-                values["d_real"] = real_logits.detach().float().mean()
-                values["d_fake"] = fake_logits.detach().float().mean()
+                values |= discriminator_step(net_d, sr, gt, objective.gan, optim_d, precision)
 
             scaler.update()
             sched_g.step()
@@ -486,7 +462,7 @@ def train(
                     now = time.monotonic()
                     rate = (iteration - line_iteration) / max(now - line_clock, 1e-9)
                     line_clock, line_iteration = now, iteration
-                    report(_progress_line(iteration, cfg.iterations, means, lr, rate))
+                    report(progress_line(iteration, cfg.iterations, means, lr, rate))
             if iteration % cfg.val_every == 0 and validation:
                 last_scores = validate(iteration)
                 report(
@@ -520,7 +496,7 @@ def train(
             weights = save_weights(
                 network, run_dir / f"{recipe.name}.safetensors", recipe.model.arch, recipe.model.config
             )
-            card = _write_card(
+            card = write_card(
                 run_dir / f"{recipe.name}.json",
                 recipe=recipe,
                 weights=weights,
@@ -548,214 +524,3 @@ def train(
         psnr=last_scores[0] if last_scores else None,
         ssim=last_scores[1] if last_scores else None,
     )
-
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def _pretrained_path(spec: str) -> Path:
-    """A bundled model id (`rrdb-psnr`) means its shipped weights; anything else is a file."""
-    entry = find_model(spec)
-    return entry.weights if entry is not None and entry.weights_present else Path(spec).expanduser()
-
-
-def _check_pretrained_config(recipe: Recipe, metadata: dict[str, str], source: str) -> None:
-    """Weights of our own format say their config: name the --set flags that make the recipe fit them."""
-    if metadata.get("arch") != recipe.model.arch or "config" not in metadata:
-        return
-    theirs = json.loads(metadata["config"])
-    differing = {key: value for key, value in theirs.items() if recipe.model.config.get(key) != value}
-    if differing:
-        shown = ", ".join(f"{key} {value}" for key, value in differing.items())
-        flags = " ".join(f"--set model.config.{key}={json.dumps(value)}" for key, value in differing.items())
-        raise ConfigError(
-            f"train.pretrained: {source} is a {recipe.model.arch} with {shown}; the recipe's generator "
-            "differs, and a GAN stage keeps the shape of the generator it starts from",
-            hint=f"add {flags}",
-        )
-
-
-def _load_pretrained(net: nn.Module, state: dict[str, torch.Tensor], source: str, load: bool = True) -> None:
-    """Load `state` into `net`; a ModelError saying what does not fit. `load` False only checks."""
-    expected = net.state_dict()
-    for key, value in expected.items():
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = value
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    wrong = [key for key in expected if key in state and state[key].shape != expected[key].shape]
-    if missing or unexpected or wrong:
-        what = (
-            f"wrong shapes: {', '.join(wrong[:3])}"
-            if wrong
-            else f"missing: {', '.join(missing[:3])}"
-            if missing
-            else f"unexpected: {', '.join(unexpected[:3])}"
-        )
-        raise ModelError(
-            f"train.pretrained: {source} does not fit the recipe's generator ({what})",
-            hint="start from weights of the same architecture and config (an SRResNet with batch norm "
-            "for srgan: the srresnet recipe's result)",
-        )
-    if load:
-        net.load_state_dict(state)
-
-
-def _build_discriminator(recipe: Recipe) -> nn.Module:
-    from upscaler.models.discriminators import SRGANDiscriminator, VGGStyleDiscriminator
-
-    spec = recipe.discriminator
-    in_channels = int(recipe.model.config.get("num_out_ch", 3))
-    try:
-        if spec.arch == "srgan":
-            return SRGANDiscriminator(in_channels, spec.num_feat, input_size=recipe.data.patch_size)
-        return VGGStyleDiscriminator(in_channels, spec.num_feat, input_size=recipe.data.patch_size)
-    except (ValueError, ModelError) as exc:
-        raise ConfigError(f"discriminator: {exc}") from None
-
-
-def _adam(net: nn.Module, spec) -> torch.optim.Adam:
-    return torch.optim.Adam(
-        [p for p in net.parameters() if p.requires_grad],
-        lr=spec.lr,
-        betas=tuple(spec.betas),
-        weight_decay=spec.weight_decay,
-    )
-
-
-def _scheduler(
-    optimizer: torch.optim.Optimizer, spec: SchedulerConfig
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per iteration: milestones and periods count iterations."""
-    if spec.kind == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(spec.milestones), spec.gamma)
-    if spec.kind == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, spec.period, spec.eta_min)
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, [], 1.0)  # constant
-
-
-@torch.no_grad()
-def _upscale(
-    network: nn.Module, lq: np.ndarray, scale: int, device: torch.device, requirement: SizeRequirement
-) -> np.ndarray:
-    """SR of an H x W x 3 image; padded at the bottom and right to a size the network takes, as the
-    inference pipeline pads (`upscaler.tiling`), and the padding's output cropped off."""
-    height, width = lq.shape[:2]
-    image = lq.transpose(2, 0, 1)
-    for axis, size in ((1, height), (2, width)):
-        pad = requirement.padded(size) - size
-        if pad:
-            widths = [(0, 0)] * 3
-            widths[axis] = (0, pad)
-            image = np.pad(image, widths, mode="reflect" if pad < size else "symmetric")
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0).to(device)
-    sr = network(tensor)[:, :, : height * scale, : width * scale].clamp_(0, 1)
-    return sr[0].float().cpu().numpy().transpose(1, 2, 0)
-
-
-def _validate(network: nn.Module, images, scale: int, device: torch.device, requirement: SizeRequirement):
-    """Mean PSNR and SSIM (Y, border = scale, SR rounded to 8 bits first) and bicubic/SR/HR triples."""
-    network.eval()
-    psnrs, ssims, triples = [], [], []
-    for image in images:
-        sr = _upscale(network, image.lq, scale, device, requirement)
-        sr8, hr8 = to_uint8(sr), to_uint8(image.hr)
-        psnrs.append(psnr(sr8, hr8, border=scale))
-        ssims.append(ssim(sr8, hr8, border=scale))
-        triples.append((image.bicubic, sr, image.hr))
-    return (float(np.mean(psnrs)), float(np.mean(ssims))), triples
-
-
-def _bicubic_scores(images, scale: int) -> tuple[float, float]:
-    if not images:
-        return (float("nan"), float("nan"))
-    pairs = [(to_uint8(image.bicubic), to_uint8(image.hr)) for image in images]
-    return (
-        float(np.mean([psnr(a, b, border=scale) for a, b in pairs])),
-        float(np.mean([ssim(a, b, border=scale) for a, b in pairs])),
-    )
-
-
-def _write_card(
-    path: Path,
-    *,
-    recipe: Recipe,
-    weights: Path,
-    iteration: int,
-    wall_time: float,
-    images,
-    scores: tuple[float, float] | None,
-    bicubic: tuple[float, float] | None,
-    validation_set: str,
-    commands: list[str],
-    device: torch.device,
-    world_size: int,
-    ema: bool,
-) -> Path:
-    """The model card: what the weights are, how they were trained, and how well they do."""
-    card = {
-        "weights": weights.name,
-        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-        "arch": recipe.model.arch,
-        "config": recipe.model.config,
-        "scale": recipe.scale,
-        "recipe": recipe.name,
-        "description": recipe.summary,  # from the resolved config: --set may have changed the recipe
-        "generator": "EMA of the generator" if ema else "the generator",
-        "iterations": iteration,
-        "wall_time_s": round(wall_time, 1),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": commands[0] if commands else "",  # the command that started the run
-        "commands": commands,  # that one, then each --resume
-        "device": str(device),
-        "processes": world_size,
-        "torch": torch.__version__,
-        "data": {
-            "hr": list(recipe.data.hr),
-            "lq": recipe.data.lq,
-            "gt": recipe.data.gt,
-            "images": images.files,
-            "skipped": len(images.skipped),
-            "digest_sha256": images.digest,
-        },
-        "validation": None
-        if scores is None
-        else {
-            "set": validation_set,
-            # an infinite PSNR (identical images: bicubic at x1) is null, as in `upscale eval --json`
-            "psnr_y": _rounded(scores[0], 4),
-            "ssim_y": _rounded(scores[1], 5),
-            "bicubic_psnr_y": _rounded(bicubic[0], 4),
-            "bicubic_ssim_y": _rounded(bicubic[1], 5),
-            "definition": f"Y of BT.601, {recipe.scale}-pixel border cropped, SR rounded to 8 bits (BasicSR)",
-        },
-        "training_config": recipe.to_dict(),
-    }
-    write_bytes_atomically(path, (json.dumps(card, indent=2, allow_nan=False) + "\n").encode())
-    return path
-
-
-def _progress_line(iteration: int, iterations: int, means: dict[str, float], lr: float, rate: float) -> str:
-    """`iteration 200/1000: pixel 0.0213, lr 0.0002; 3.41 it/s, ETA 0:03:54` (a line for a log file)."""
-    losses = ", ".join(f"{name} {value:.4g}" for name, value in means.items())
-    eta = int(round((iterations - iteration) / rate)) if rate > 0 else None
-    when = "?" if eta is None else f"{eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
-    return f"iteration {iteration}/{iterations}: {losses}, lr {lr:.3g}; {rate:.3g} it/s, ETA {when}"
-
-
-def _earlier_commands(checkpoint: dict[str, Any], card: Path) -> list[str]:
-    """The commands of the run so far: from the checkpoint, or, for one written before checkpoints
-    kept them, from the card of a finished earlier part (empty when there is neither)."""
-    if "commands" in checkpoint:
-        return list(checkpoint["commands"])
-    try:
-        written = json.loads(card.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    if isinstance(written.get("commands"), list):
-        return [str(item) for item in written["commands"]]
-    return [written["command"]] if isinstance(written.get("command"), str) and written["command"] else []
-
-
-def _rounded(value: float, digits: int) -> float | None:
-    return round(value, digits) if math.isfinite(value) else None

@@ -201,7 +201,7 @@ def _section(cls: type, table: Any, prefix: str) -> Any:
     for item in fields(cls):
         key = f"{prefix}.{item.name}"
         if item.name not in table:
-            if item.default is not MISSING:
+            if item.default is not MISSING or item.default_factory is not MISSING:
                 continue
             raise ConfigError(f"{key}: missing")
         values[item.name] = _convert(table[item.name], hints[item.name], key)
@@ -356,7 +356,15 @@ def check(table: Mapping[str, Any]) -> Recipe:
     _choice(losses.pixel, PIXEL_LOSSES, "losses.pixel")
     _choice(losses.perceptual_criterion, PIXEL_LOSSES, "losses.perceptual_criterion")
     _choice(losses.gan, GAN_LOSSES, "losses.gan")
-    _choice(losses.perceptual_layer, VGG_LAYERS, "losses.perceptual_layer")
+    for layer in losses.perceptual_layers or ("",):
+        _choice(layer, VGG_LAYERS, "losses.perceptual_layer")
+    if losses.perceptual_layer_weights and len(losses.perceptual_layer_weights) != len(
+        losses.perceptual_layers
+    ):
+        raise ConfigError(
+            f"losses.perceptual_layer_weights: {len(losses.perceptual_layer_weights)} weights for "
+            f"{len(losses.perceptual_layers)} layers ({losses.perceptual_layer})"
+        )
     for key in ("pixel_weight", "perceptual_weight", "gan_weight", "perceptual_feature_scale"):
         _positive(getattr(losses, key), f"losses.{key}", zero=True)
     if losses.pixel_weight == 0 and losses.perceptual_weight == 0 and losses.gan_weight == 0:

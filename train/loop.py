@@ -204,7 +204,10 @@ def train(
         weights=losses_cfg,
         pixel=PixelLoss(losses_cfg.pixel),
         perceptual=PerceptualLoss(
-            vgg.to(device), losses_cfg.perceptual_criterion, losses_cfg.perceptual_feature_scale
+            vgg.to(device),
+            losses_cfg.perceptual_criterion,
+            losses_cfg.perceptual_feature_scale,
+            losses_cfg.perceptual_layer_weights,
         )
         if losses_cfg.uses_vgg
         else None,

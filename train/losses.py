@@ -7,6 +7,7 @@ stable `binary_cross_entropy_with_logits`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -45,19 +46,31 @@ class PerceptualLoss(nn.Module):
     """
 
     def __init__(
-        self, vgg: nn.Module, criterion: Literal["l1", "mse"] = "l1", feature_scale: float = 1.0
+        self,
+        vgg: nn.Module,
+        criterion: Literal["l1", "mse"] = "l1",
+        feature_scale: float = 1.0,
+        layer_weights: Sequence[float] = (),
     ) -> None:
         super().__init__()
         self.vgg = vgg
         self.kind = criterion
         self.criterion = _criterion(criterion, "perceptual loss")
         self.feature_scale = feature_scale
+        self.layer_weights = tuple(layer_weights)
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-        sr_features = self.vgg(sr) * self.feature_scale
+        sr_features = self.vgg(sr)
         with torch.no_grad():
-            hr_features = self.vgg(hr) * self.feature_scale
-        return self.criterion(sr_features, hr_features)
+            hr_features = self.vgg(hr)
+        if isinstance(sr_features, torch.Tensor):
+            return self.criterion(sr_features * self.feature_scale, hr_features * self.feature_scale)
+        # several layers (Real-ESRGAN's form): a weighted sum of each layer's difference
+        weights = self.layer_weights or (1.0,) * len(sr_features)
+        return sum(
+            weight * self.criterion(a * self.feature_scale, b * self.feature_scale)
+            for weight, a, b in zip(weights, sr_features, hr_features, strict=True)
+        )
 
 
 def _bce(logits: torch.Tensor, real: bool) -> torch.Tensor:

@@ -93,10 +93,17 @@ class LossConfig:
     gan: str
     gan_weight: float
     vgg_weights: str
+    # One weight per layer of `perceptual_layer` when it names several ("conv1_2,conv2_2,..."), as
+    # Real-ESRGAN weighs its five; empty: 1 each.
+    perceptual_layer_weights: tuple[float, ...] = ()
 
     @property
     def uses_vgg(self) -> bool:
         return self.perceptual_weight > 0
+
+    @property
+    def perceptual_layers(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.perceptual_layer.split(",") if name.strip())
 
     @property
     def uses_gan(self) -> bool:

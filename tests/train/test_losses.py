@@ -123,3 +123,16 @@ def test_unknown_kinds_name_the_known_ones() -> None:
         PixelLoss("huber")  # type: ignore[arg-type]
     with pytest.raises(UpscaleError, match="known: l1, mse"):
         PerceptualLoss(tiny_vgg(True), "charbonnier")  # type: ignore[arg-type]
+
+
+def test_a_perceptual_loss_over_several_layers_weighs_each() -> None:
+    from upscaler.models.vgg import VGG19Features
+
+    torch.manual_seed(0)
+    vgg = VGG19Features("conv1_2,conv2_2")
+    sr, hr = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    loss = PerceptualLoss(vgg, "l1", 1.0, (0.1, 2.0))(sr, hr)
+    with torch.no_grad():
+        (a1, a2), (b1, b2) = vgg(sr), vgg(hr)
+    expected = 0.1 * torch.nn.functional.l1_loss(a1, b1) + 2.0 * torch.nn.functional.l1_loss(a2, b2)
+    assert torch.allclose(loss, expected)

@@ -104,13 +104,19 @@ def feature_index(layer: str, before_activation: bool) -> int:
 class VGG19Features(nn.Module):
     """VGG19 up to `layer` (before or after its ReLU), taking RGB in [0, 1]; frozen, random weights.
 
-    Load ImageNet weights with `load_vgg19_features`; a bare instance is random and only for tests.
+    `layer` may name several layers, comma-separated ("conv1_2,conv2_2,conv3_4,conv4_4,conv5_4", as
+    Real-ESRGAN's perceptual loss reads them): the network then runs up to the deepest and returns the
+    list of their outputs, shallowest first. Load ImageNet weights with `load_vgg19_features`; a bare
+    instance is random and only for tests.
     """
 
     def __init__(
         self, layer: str = "conv5_4", before_activation: bool = True, convention: str = "torchvision"
     ) -> None:
         super().__init__()
+        names = [name.strip() for name in layer.split(",") if name.strip()] or [layer]
+        self.taps = sorted(feature_index(name, before_activation) for name in names)
+        layer = max(names, key=lambda name: feature_index(name, before_activation))
         if convention not in CONVENTIONS:
             known = ", ".join(CONVENTIONS)
             raise ModelError(f"unknown VGG19 input convention {convention!r}; known: {known}")
@@ -140,9 +146,18 @@ class VGG19Features(nn.Module):
         # keeping `training` False says so to anyone who looks.
         return super().train(False)
 
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        features = self.features((rgb - self.mean) / self.std)
-        return features * self.gain if self.gain != 1.0 else features
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        x = (rgb - self.mean) / self.std
+        if len(self.taps) == 1:
+            features = self.features(x)
+            return features * self.gain if self.gain != 1.0 else features
+        found = []
+        for index, module in enumerate(self.features):
+            x = module(x)
+            if index in self.taps:
+                # a copy: the next ReLU works in place
+                found.append(x * self.gain if self.gain != 1.0 else x.clone())
+        return found
 
 
 def load_vgg19_features(path: Path, layer: str = "conv5_4", before_activation: bool = True) -> VGG19Features:

@@ -286,3 +286,18 @@ def test_the_real_keras_file_sees_imagenet_features() -> None:
     with torch.no_grad():
         red, blue = vgg(rgb), vgg(rgb.flip(1))
     assert (red - blue).abs().mean() > 1.0
+
+
+def test_several_layers_come_out_together_as_each_alone() -> None:
+    state = torchvision_state_dict()
+    both = VGG19Features("conv2_2,conv1_2", before_activation=True)
+    both.load_state_dict({k: v for k, v in state.items() if k in both.state_dict()})
+    rgb = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        shallow, deep = both(rgb)
+    for layer, got in (("conv1_2", shallow), ("conv2_2", deep)):
+        alone = VGG19Features(layer, before_activation=True)
+        alone.load_state_dict({k: v for k, v in state.items() if k in alone.state_dict()})
+        with torch.no_grad():
+            assert torch.allclose(alone(rgb), got)
+    assert (shallow < 0).any()  # before the ReLU, and not changed in place by the next one

@@ -32,6 +32,10 @@ PSNR_TOLERANCE = 0.005
 SSIM_TOLERANCE = 0.00005
 
 
+# CPU threads of each measurement (None: all); `--threads` sets it, to measure beside a training run.
+THREADS: int | None = None
+
+
 def evaluate(weights: Path, data: Path) -> dict[str, Any]:
     """`upscale eval --json` of `weights` on `data` (fp32, torch on the CPU), as a dict."""
     command = [
@@ -50,6 +54,7 @@ def evaluate(weights: Path, data: Path) -> dict[str, Any]:
         "--json",
         "--no-progress",
         "--lpips",
+        *(["--threads", str(THREADS)] if THREADS else []),
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -145,6 +150,30 @@ def ship(
     return weights
 
 
+def add_lpips(model_id: str, eval_sets: list[Path], destination: Path = WEIGHTS_DIR) -> dict[str, Any]:
+    """Measure a shipped model's LPIPS (and its bicubic's) on `eval_sets` and add them to its card's
+    `evaluation`, for cards shipped before LPIPS was measured; PSNR/SSIM are checked to be unchanged."""
+    card_path = destination / f"{model_id}.json"
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    weights = destination / card["weights"]
+    for data in eval_sets:
+        report = evaluate(weights, data)
+        figures = card["evaluation"][data.name]
+        if abs(report["mean"]["psnr"] - figures["psnr_y"]) > 1e-3:
+            raise SystemExit(
+                f"{model_id} on {data.name}: PSNR {report['mean']['psnr']:.4f} is not the card's"
+            )
+        figures["lpips"] = round(report["mean"]["lpips"], 4)
+        figures["bicubic_lpips"] = round(report["mean"]["bicubic_lpips"], 4)
+    card["evaluation_definition"] = (
+        "Y of BT.601, scale-pixel border cropped, SR rounded to 8 bits (BasicSR); LPIPS v0.1 AlexNet on "
+        "the whole 8-bit RGB image; fp32 on the CPU"
+    )
+    card = without_machine_paths(card)
+    write_bytes_atomically(card_path, (json.dumps(card, indent=2, allow_nan=False) + "\n").encode())
+    return card
+
+
 def without_machine_paths(value: Any) -> Any:
     """The card with every absolute path cut to its last two parts (`train/T91`): a card says which
     data, not where it lay on the machine that trained it (names, counts and digests stay)."""
@@ -213,10 +242,16 @@ def _upscale() -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m train.ship", description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True, help="a finished `upscale train` run folder")
+    parser.add_argument("--run", type=Path, help="a finished `upscale train` run folder")
+    parser.add_argument(
+        "--add-lpips",
+        action="store_true",
+        help="only measure LPIPS of the shipped --id and add it to its card",
+    )
     parser.add_argument("--id", required=True, help="the model id to ship it as (upscaler/weights/<id>)")
     parser.add_argument("--eval", type=Path, action="append", required=True, help="an eval set (repeatable)")
     parser.add_argument("--to", type=Path, default=WEIGHTS_DIR, help="where the weights go")
+    parser.add_argument("--threads", type=int, help="CPU threads of each measurement (default: all)")
     parser.add_argument("--note", default="", help="how the run went, for the card (machine, sharing)")
     parser.add_argument(
         "--before",
@@ -227,6 +262,15 @@ def main(argv: list[str] | None = None) -> None:
         "stopped stage was continued from (repeatable)",
     )
     args = parser.parse_args(argv)
+    global THREADS
+    THREADS = args.threads
+    if args.add_lpips:
+        card = add_lpips(args.id, args.eval, args.to)
+        for name, figures in card["evaluation"].items():
+            print(f"  {name}: LPIPS {figures['lpips']:.4f} (bicubic {figures['bicubic_lpips']:.4f})")
+        return
+    if args.run is None:
+        parser.error("--run is required to ship a run")
     weights = ship(args.run, args.id, args.eval, args.to, args.note, tuple(args.before))
     card = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
     print(f"{weights} ({card['weights_dtype']}, {weights.stat().st_size / 1e6:.2f} MB)")

@@ -13,7 +13,6 @@ uses samples i*B ... i*B + B - 1, so resuming at iteration i only needs i.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,10 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from upscaler.errors import InputError
+from upscaler.evaluation import pair_key
 from upscaler.image.formats import SUPPORTED_SUFFIXES, read_image
 from upscaler.metrics import to_uint8
-from upscaler.resampling import bicubic_resize
+from upscaler.resampling import bicubic_resize, mod_crop
 
 # How many file names an error or warning shows before "and N more".
 _SHOWN = 8
@@ -60,12 +60,6 @@ def decode(path: Path) -> np.ndarray:
     return to_uint8(read_image(path).rgb)
 
 
-def mod_crop(image: np.ndarray, multiple: int) -> np.ndarray:
-    """`image` cropped at the bottom and right to sides that are multiples of `multiple`."""
-    height, width = image.shape[:2]
-    return image[: height - height % multiple, : width - width % multiple]
-
-
 def downscale(hr: np.ndarray, scale: int) -> np.ndarray:
     """The LR image of the papers: MATLAB bicubic with antialiasing, rounded to 8 bits."""
     height, width = hr.shape[:2]
@@ -81,13 +75,6 @@ def digest_files(paths: Sequence[Path]) -> str:
             for chunk in iter(lambda handle=handle: handle.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
-
-
-def _pair_key(path: Path, scale: int) -> str:
-    """`img_001_SRF_4_HR` and `img_001_SRF_4_LR` -> `img_001_srf_4`; `baby_x4` -> `baby`."""
-    key = path.stem.lower()
-    key = re.sub(r"[_\-.]?(hr|lr|lq|gt)$", "", key)
-    return re.sub(rf"[_\-.]?x{scale}$", "", key)
 
 
 @dataclass(frozen=True)
@@ -114,10 +101,10 @@ class ImageSet:
 
 
 def _paired_files(lq_dir: Path, gt_dir: Path, scale: int) -> list[tuple[Path, Path]]:
-    lq_files = {_pair_key(path, scale): path for path in find_images(lq_dir)}
+    lq_files = {pair_key(path, scale): path for path in find_images(lq_dir)}
     pairs, unmatched = [], []
     for gt in find_images(gt_dir):
-        lq = lq_files.pop(_pair_key(gt, scale), None)
+        lq = lq_files.pop(pair_key(gt, scale), None)
         if lq is None:
             unmatched.append(gt)
         else:

@@ -24,7 +24,7 @@ from upscaler.errors import InputError, UpscaleError
 from upscaler.image.folder import find_images
 from upscaler.image.formats import read_image
 from upscaler.metrics import SSIM_WINDOW, psnr, ssim, to_uint8
-from upscaler.resampling import bicubic_resize
+from upscaler.resampling import bicubic_resize, mod_crop
 
 Upscale = Callable[[np.ndarray], np.ndarray]
 # A perceptual distance of two H x W x 3 float RGB images in [0, 1] (LPIPS).
@@ -247,13 +247,8 @@ def _rgb(path: Path) -> np.ndarray:
     return read_image(path).rgb
 
 
-def _mod_crop(image: np.ndarray, scale: int) -> np.ndarray:
-    height, width = image.shape[0] - image.shape[0] % scale, image.shape[1] - image.shape[1] % scale
-    return image[:height, :width]
-
-
 def _pair_from_hr(path: Path, root: Path, scale: int) -> EvalPair:
-    hr = _mod_crop(_rgb(path), scale)
+    hr = mod_crop(_rgb(path), scale)
     if hr.shape[0] < scale or hr.shape[1] < scale:
         raise InputError(f"{path}: {_size(hr)} is too small for x{scale}")
     # Rounded to 8 bits like a saved benchmark LR file, so both kinds of set are measured alike.
@@ -263,10 +258,12 @@ def _pair_from_hr(path: Path, root: Path, scale: int) -> EvalPair:
     return EvalPair(name, lr, hr)
 
 
-def _pair_key(path: Path, scale: int) -> str:
-    """A file's stem without the markers that tell HR from LR: `_HR`, `_LR`, `x4`, `_x4`."""
+def pair_key(path: Path, scale: int) -> str:
+    """A file's stem without the markers that tell HR from LR (`_HR`, `_LR`, `_LQ`, `_GT`, `x4`, `_x4`,
+    in any order): `img_001_SRF_4_HR` and `img_001_SRF_4_LR` -> `img_001_srf_4`; `baby_x4` -> `baby`.
+    The one rule that pairs LR and HR files, for `upscale eval` and `upscale train --lq/--gt`."""
     stem = path.stem.lower()
-    marker = re.compile(rf"[_\-.]?(hr|lr|x{scale})$")
+    marker = re.compile(rf"[_\-.]?(hr|lr|lq|gt|x{scale})$")
     while (shorter := marker.sub("", stem)) != stem and shorter:
         stem = shorter
     return stem
@@ -275,14 +272,14 @@ def _pair_key(path: Path, scale: int) -> str:
 def _read_pairs(hr_folder: Path, lr_folder: Path, scale: int) -> list[EvalPair]:
     lr_files: dict[str, Path] = {}
     for path, _root in _images_in(lr_folder):
-        key = _pair_key(path, scale)
+        key = pair_key(path, scale)
         if key in lr_files:
             raise InputError(f"{lr_folder}: {lr_files[key].name} and {path.name} look like the same image")
         lr_files[key] = path
     pairs = []
     unmatched = []
     for path, _root in _images_in(hr_folder):
-        lr_path = lr_files.get(_pair_key(path, scale))
+        lr_path = lr_files.get(pair_key(path, scale))
         if lr_path is None:
             unmatched.append(path.name)
             continue

@@ -45,3 +45,10 @@ def _resize_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
     picture = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))  # mode "F"
     resized = picture.resize((width, height), Image.Resampling.BICUBIC)
     return np.asarray(resized, dtype=np.float32)
+
+
+def mod_crop(image: np.ndarray, multiple: int) -> np.ndarray:
+    """`image` cropped at the bottom and right to sides that are multiples of `multiple` (BasicSR's
+    mod_crop): how an HR image is made to fit an exact x`multiple` LR."""
+    height, width = image.shape[:2]
+    return image[: height - height % multiple, : width - width % multiple]

@@ -194,3 +194,19 @@ def test_folder_errors(tmp_path: Path) -> None:
     (root / "HR" / "b.png").write_bytes((root / "HR" / "a.png").read_bytes())
     with pytest.raises(InputError, match="has no LR image for b.png"):
         load_eval_set(root, 2)
+
+
+def test_one_pairing_rule_for_eval_and_training() -> None:
+    from train.data import pair_key as training_key
+    from upscaler.evaluation import pair_key
+
+    assert training_key is pair_key
+    pairs = [
+        ("img_001_SRF_4_HR.png", "img_001_SRF_4_LR.png"),
+        ("baby.png", "baby_x4.png"),
+        ("photo_gt.png", "photo_lq.png"),
+        ("Photo-HR.PNG", "photo_x4_LR.png"),
+    ]
+    for hr, lr in pairs:
+        assert pair_key(Path(hr), 4) == pair_key(Path(lr), 4), (hr, lr)
+    assert pair_key(Path("a_x2.png"), 4) == "a_x2"  # another scale's marker is part of the name

@@ -128,7 +128,7 @@ def video(
     from upscaler.video.encode import EncodeSettings
     from upscaler.video.job import run_video_job
     from upscaler.video.lock import hold_output
-    from upscaler.video.plan import plan_video_job
+    from upscaler.video.plan import plan_video_job, run_key
 
     # SVT-AV1 prints a banner of a dozen lines on every encoder it opens (each part opens one); its
     # svtav1-params have no log level, only this variable: errors only, unless the user set it.
@@ -137,17 +137,7 @@ def video(
     # --backend auto and --precision auto decided here, so the journal records what really runs.
     run = resolve_model_run(run, loaded.info.arch)
     backend_name = run.backend
-    # What about the model and its running changes the pixels, so a journal made otherwise is not reused.
-    tiles = run.tile_options
-    model_key = {
-        "digest": loaded.digest,
-        "backend": backend_name,
-        "device": run.backend_options.device,
-        "precision": run.backend_options.precision.value,
-        "tile_size": tiles.tile_size,
-        "tile_overlap": tiles.overlap,
-        "memory_budget": tiles.memory_budget if tiles.tile_size is None else None,
-    }
+    model_key = run_key(loaded.digest, backend_name, run.backend_options, run.tile_options)
     settings = EncodeSettings(
         codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, options=tuple(encoder_options)
     )

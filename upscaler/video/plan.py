@@ -19,10 +19,12 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import av.logging
 
 from upscaler.errors import InputError, OutputError
+from upscaler.options import BackendOptions, TileOptions
 from upscaler.picture import round_half_up
 from upscaler.video.encode import (
     EncodeSettings,
@@ -84,6 +86,20 @@ class VideoPlan:
 
 
 # ------------------------------------------------------------------------------------------ planning
+
+
+def run_key(digest: str, backend: str, options: BackendOptions, tiles: TileOptions) -> dict[str, Any]:
+    """What about the model and its running changes the pixels (weights, backend, device, precision,
+    tiling), for the plan's fingerprint: a journal made otherwise is not reused."""
+    return {
+        "digest": digest,
+        "backend": backend,
+        "device": options.device,
+        "precision": options.precision.value,
+        "tile_size": tiles.tile_size,
+        "tile_overlap": tiles.overlap,
+        "memory_budget": tiles.memory_budget if tiles.tile_size is None else None,
+    }
 
 
 def plan_video_job(

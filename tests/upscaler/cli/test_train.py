@@ -156,6 +156,38 @@ def test_gan_recipe_without_vgg_weights_says_where_to_put_them(tmp_path: Path, m
     assert "needs ImageNet VGG19 weights" in result.output and "--vgg-weights" in result.output
 
 
+@pytest.mark.parametrize("damage", ["truncated", "layout", "code"])
+def test_a_bad_vgg_file_stops_the_run_with_one_line(tmp_path: Path, damage: str) -> None:
+    import os
+    import pickle
+
+    from tests.upscaler.models.test_vgg import write_keras_file
+
+    if damage == "truncated":
+        whole = write_keras_file(tmp_path / "whole.h5").read_bytes()
+        path = tmp_path / "vgg.h5"
+        path.write_bytes(whole[: len(whole) // 3])
+    elif damage == "layout":
+        path = write_keras_file(tmp_path / "vgg.h5", skip="block2_conv1")
+    else:
+
+        class RunsCode:
+            def __reduce__(self):
+                return (os.mkdir, (str(tmp_path / "ran"),))
+
+        path = tmp_path / "vgg.pth"
+        path.write_bytes(pickle.dumps({"features.0.weight": RunsCode()}, protocol=4))
+    result = CliRunner().invoke(
+        cli,
+        ["train", "--recipe", "esrgan", "--data", str(tmp_path), "--vgg-weights", str(path), "--no-progress"],
+    )
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("Error: ") and lines[1].startswith("Hint: ")
+    assert "upscale weights install vgg19" in lines[1] and "Traceback" not in result.output
+    assert not (tmp_path / "ran").exists()
+
+
 @pytest.mark.parametrize("scale", [2, 1])
 def test_the_card_says_what_upscale_eval_says_on_the_same_set(tmp_path: Path, scale: int) -> None:
     # RRDBNet x2/x1 takes inputs in multiples of 2/4: validation used to crop the set to that multiple

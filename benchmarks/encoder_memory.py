@@ -24,8 +24,9 @@ import numpy as np
 
 import upscaler.video.encode as encoding
 from upscaler.allocator import keep_freed_memory
+from upscaler.video.decode import decode_frames
 from upscaler.video.encode import quantize
-from upscaler.video.probe import decode_frames, probe_video
+from upscaler.video.probe import probe_video
 
 
 def main() -> None:

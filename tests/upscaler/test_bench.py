@@ -322,9 +322,10 @@ def test_the_replayed_job_encodes_what_the_model_made(tmp_path: Path, monkeypatc
     from upscaler.options import BackendOptions, TileOptions
     from upscaler.upscaling import open_upscaler
     from upscaler.video import encode as encoding
+    from upscaler.video.decode import decode_frames
     from upscaler.video.job import run_video_job
     from upscaler.video.plan import plan_video_job
-    from upscaler.video.probe import decode_frames, probe_video
+    from upscaler.video.probe import probe_video
 
     written: dict[str, list] = {}
     write = encoding.PartWriter.write

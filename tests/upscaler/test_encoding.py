@@ -14,6 +14,7 @@ import upscaler.video.encode as encoding_module
 from tests.conftest import shared_data
 from tests.upscaler import video_clips as clips
 from upscaler.errors import OutputError
+from upscaler.video.decode import decode_frames
 from upscaler.video.encode import (
     EncodeSettings,
     PartWriter,
@@ -23,7 +24,7 @@ from upscaler.video.encode import (
     quantize,
     resolve_encoding,
 )
-from upscaler.video.probe import ColourTags, VideoInfo, decode_frames, probe_video
+from upscaler.video.probe import ColourTags, VideoInfo, probe_video
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import shared_data
 from tests.upscaler import video_clips as clips
 from upscaler.errors import InputError
-from upscaler.video.probe import ColourTags, decode_frames, probe_video
+from upscaler.video.decode import decode_frames
+from upscaler.video.probe import ColourTags, probe_video
 
 # name: (coded width, height, rotation, frames that decode, interlaced, kinds of the other streams)
 REAL_CLIPS = {

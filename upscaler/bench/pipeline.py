@@ -55,6 +55,7 @@ def measure_video(
     """`upscale video`'s job on a generated clip, and the same upscaler on the same frames alone."""
     from upscaler.backend import get_backend
     from upscaler.upscaling import open_upscaler
+    from upscaler.video.decode import decode_frames
     from upscaler.video.encode import (
         EncodeSettings,
         level_dtype,
@@ -64,7 +65,7 @@ def measure_video(
     )
     from upscaler.video.job import run_video_job
     from upscaler.video.plan import plan_video_job
-    from upscaler.video.probe import decode_frames, probe_video
+    from upscaler.video.probe import probe_video
 
     # yuv420p needs even sides.
     width, height = max(2, width - width % 2), max(2, height - height % 2)

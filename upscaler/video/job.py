@@ -35,6 +35,7 @@ from upscaler.errors import InputError, OutputError, UpscaleError
 from upscaler.files import free_bytes, is_disk_full, megabytes
 from upscaler.picture import Picture, upscale_picture
 from upscaler.pipeline import InferStream, run_pipeline
+from upscaler.video.decode import VideoFrame, decode_frames
 from upscaler.video.encode import (
     level_dtype,
     quantize,
@@ -46,7 +47,6 @@ from upscaler.video.lock import clear_work_dir, hold_output
 from upscaler.video.mux import mux_output
 from upscaler.video.parts import PartSink, Upscaled, open_journal
 from upscaler.video.plan import VideoPlan
-from upscaler.video.probe import VideoFrame, decode_frames
 
 Upscale = Callable[[np.ndarray], np.ndarray]
 K = TypeVar("K")

@@ -19,6 +19,7 @@ LAYERS = {
     "upscaler.runtimes": 1,
     "upscaler.places": 1,
     "upscaler.tiling": 2,
+    "upscaler.tiles": 2,
     "upscaler.metrics": 2,
     "upscaler.resampling": 5,
     "upscaler.evaluation": 5,

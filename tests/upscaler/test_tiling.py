@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from upscaler.errors import BackendError, OutOfMemory, UpscaleError
-from upscaler.tiling import Tiler, _context, _Work, choose_tile_shape, plan_tiles, upscale_tiled
+from upscaler.tiles import choose_tile_shape, context_pixels, plan_tiles
+from upscaler.tiling import Tiler, _Work, upscale_tiled
 from upscaler.values import SizeRequirement
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -274,7 +275,7 @@ def batch_shapes(image: np.ndarray, tile: int | None, **options) -> list[tuple[i
 
 def _reads(height: int, width: int, tile: tuple[int, int], overlap: int, requirement: SizeRequirement):
     """(pixels read by all tiles, tiles, window pixels) of a plan, as the tiler makes it."""
-    context = _context(min(tile), overlap, requirement)
+    context = context_pixels(min(tile), overlap, requirement)
     tiles = plan_tiles(requirement.padded(height), requirement.padded(width), tile[0], context, tile[1])
     return sum(t.height * t.width for t in tiles), len(tiles), tiles[0].height * tiles[0].width
 
@@ -293,7 +294,7 @@ def test_auto_tile_fits_the_budget_and_reads_least(budget):
     for rows in range(32, 301, 4):
         for columns in range(32, 461, 4):
             other, count, window = _reads(300, 460, (rows, columns), 8, requirement)
-            context = _context(min(rows, columns), 8, requirement)
+            context = context_pixels(min(rows, columns), 8, requirement)
             longest = max(min(rows + 2 * context, 300), min(columns + 2 * context, 460))
             if window * bytes_per_pixel <= budget and (count == 1 or longest <= square):
                 assert other >= reads, ((rows, columns), other, tile, reads)
@@ -321,7 +322,7 @@ def test_auto_tile_keeps_windows_within_the_largest_input():
     requirement = SizeRequirement()
     assert choose_tile_shape(720, 1280, requirement, 16, 1, 1100, 1024**3) == (720, 1280)
     tile = choose_tile_shape(720, 1280, requirement, 16, 1, 1100, 1024**3, largest_input=(1024, 1024))
-    tiles = plan_tiles(720, 1280, tile[0], _context(min(tile), 16, requirement), tile_width=tile[1])
+    tiles = plan_tiles(720, 1280, tile[0], context_pixels(min(tile), 16, requirement), tile_width=tile[1])
     assert len(tiles) > 1 and all(t.height <= 1024 and t.width <= 1024 for t in tiles)
 
 

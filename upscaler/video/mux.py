@@ -26,6 +26,8 @@ import av.error
 from upscaler.errors import InputError, OutputError
 from upscaler.video.encode import FIRST_PTS_KEY, Encoding, colour_numbers
 from upscaler.video.probe import VideoInfo
+from upscaler.video.tags import fresh, stream_tags
+from upscaler.video.transcode import AUDIO_TARGET, TEXT_TARGET, AudioTranscoder, SubtitleTranscoder
 
 # Audio codecs (canonical names) each container is known to carry for common players; None: whatever
 # FFmpeg accepts.
@@ -35,34 +37,12 @@ _AUDIO_COPY: dict[str, frozenset[str] | None] = {
     "webm": frozenset({"opus", "vorbis"}),
     "matroska": None,
 }
-_AUDIO_TARGET = {
-    "mp4": "aac",
-    "mov": "aac",
-    "webm": "libopus",
-    "matroska": "aac",
-}
 _SUBTITLE_COPY: dict[str, frozenset[str] | None] = {
     "mp4": frozenset({"mov_text"}),
     "mov": frozenset({"mov_text"}),
     "webm": frozenset({"webvtt"}),
     "matroska": None,
 }
-_TEXT_TARGET = {"mp4": "mov_text", "mov": "mov_text", "webm": "webvtt", "matroska": "subrip"}
-_LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}
-# Sample counts per frame the audio encoders above want.
-_FRAME_SIZES = {"aac": 1024, "libopus": 960}
-# Source metadata that describes the old file, not the new one (the muxer writes its own).
-_STALE_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder", "duration"}
-_STALE_PREFIXES = ("_statistics", "number_of_", "bps")
-# Used when a text subtitle decoder gives no ASS header; text subtitle encoders need one.
-ASS_HEADER = (
-    b"[Script Info]\nScriptType: v4.00+\nPlayResX: 384\nPlayResY: 288\n\n"
-    b"[V4+ Styles]\nFormat: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, "
-    b"BackColour, Bold, Italic, Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, "
-    b"Shadow, Alignment, MarginL, MarginR, MarginV, Encoding\n"
-    b"Style: Default,Arial,16,&Hffffff,&Hffffff,&H0,&H0,0,0,0,0,100,100,0,0,1,1,0,2,10,10,10,0\n\n"
-    b"[Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n"
-)
 
 
 @dataclass(frozen=True)
@@ -155,9 +135,9 @@ def _mux(
             window = dataclasses.replace(window, zero=_first_frame_time(first))
         options = _muxer_options(encoding.container, template.time_base)
         out = stack.enter_context(av.open(str(destination), "w", format=encoding.container, options=options))
-        out.metadata.update(_fresh(src.metadata))
+        out.metadata.update(fresh(src.metadata))
         video = _video_stream_like(out, template)
-        video.metadata.update(_stream_tags(src.streams[source.stream_index], out.format.name))
+        video.metadata.update(stream_tags(src.streams[source.stream_index], out.format.name))
         with contextlib.suppress(ValueError, AttributeError):
             video.disposition = src.streams[source.stream_index].disposition
         # NUT parts keep colour tags only where the bitstream does (H.264 VUI has all four, VP9 no
@@ -236,36 +216,6 @@ def _muxer_options(container: str, time_base: Fraction) -> dict[str, str]:
     return {}
 
 
-def _fresh(metadata: dict[str, str]) -> dict[str, str]:
-    return {
-        key: value
-        for key, value in metadata.items()
-        if key.lower() not in _STALE_KEYS and not key.lower().startswith(_STALE_PREFIXES)
-    }
-
-
-# ISO 639-2 gives some languages two codes (/T 'deu', /B 'ger'). QuickTime stores Macintosh language
-# codes, and FFmpeg's mov muxer finds each under one spelling only, mostly /B but 'fra', 'ces', 'ron' and
-# 'slk' as /T (measured with PyAV 18); the other spelling is dropped as unknown unless respelled.
-_QUICKTIME_SPELLING = {
-    "sqi": "alb", "hye": "arm", "eus": "baq", "mya": "bur", "zho": "chi", "nld": "dut", "kat": "geo",
-    "deu": "ger", "ell": "gre", "isl": "ice", "mkd": "mac", "msa": "may", "fas": "per", "bod": "tib",
-    "cym": "wel", "cze": "ces", "fre": "fra", "rum": "ron", "slo": "slk",
-}  # fmt: skip
-
-
-def _stream_tags(stream: av.stream.Stream, container: str = "") -> dict[str, str]:
-    """A stream's metadata for the output. MP4/MOV keep a track's title in a 'name' box that the demuxer
-    reads back as 'name' but the muxers write only from 'title': renamed, or every MP4 title is lost.
-    For MOV a language code is respelled the way QuickTime's language table knows it."""
-    tags = _fresh(stream.metadata)
-    if "name" in tags and not tags.get("title"):
-        tags["title"] = tags.pop("name")
-    if container == "mov" and tags.get("language") in _QUICKTIME_SPELLING:
-        tags["language"] = _QUICKTIME_SPELLING[tags["language"]]
-    return tags
-
-
 def _describe(stream: av.stream.Stream) -> str:
     language = stream.metadata.get("language")
     codec = _canonical(stream)
@@ -312,9 +262,9 @@ def _plan_stream(
         if _fits(container, stream):
             copies[stream.index] = _copy_stream(out, stream)
             return None
-        target = _AUDIO_TARGET[container]
+        target = AUDIO_TARGET[container]
         try:
-            transcoders[stream.index] = _AudioTranscoder(out, stream, target)
+            transcoders[stream.index] = AudioTranscoder(out, stream, target)
         except (ValueError, av.error.FFmpegError) as error:
             reason = f"the {container} container cannot carry it and it does not decode ({error})"
             return f"{what}: dropped, {reason}"
@@ -328,9 +278,9 @@ def _plan_stream(
             copies[stream.index] = _copy_stream(out, stream)
             return None
         codec = stream.codec_context.codec if stream.codec_context is not None else None
-        target = _TEXT_TARGET.get(container)
+        target = TEXT_TARGET.get(container)
         if codec is not None and codec.text_sub and target is not None:
-            transcoders[stream.index] = _SubtitleTranscoder(out, stream, target)
+            transcoders[stream.index] = SubtitleTranscoder(out, stream, target)
             return f"{what}: the {container} container cannot carry it; converted to {target}"
         return f"{what}: dropped, the {container} container cannot carry it"
     if stream.type == "attachment" and container == "matroska":
@@ -345,7 +295,7 @@ def _plan_stream(
 
 def _copy_stream(out: av.container.OutputContainer, stream: av.stream.Stream) -> av.stream.Stream:
     copy = out.add_stream_from_template(stream)
-    copy.metadata.update(_stream_tags(stream, out.format.name))
+    copy.metadata.update(stream_tags(stream, out.format.name))
     with contextlib.suppress(ValueError, AttributeError):
         copy.disposition = stream.disposition
     return copy
@@ -515,84 +465,4 @@ def _stamped(
         yield float((stamp or 0) * packet.time_base), 1 + stream.index, packet
 
 
-class _AudioTranscoder:
-    """Decode, resample to what the encoder takes, encode; timestamps follow the source's samples."""
-
-    def __init__(self, out: av.container.OutputContainer, source: av.stream.Stream, codec: str) -> None:
-        self.source = source
-        context = source.codec_context
-        encoder = av.codec.Codec(codec, "w")
-        rates = encoder.audio_rates
-        rate = context.sample_rate or 48000
-        if rates and rate not in rates:
-            rate = min(rates, key=lambda r: (abs(r - rate), -r))
-        # By channel count: a file may name its layout only '1 channels', which encoders refuse.
-        channels = context.layout.nb_channels if context.layout else 2
-        layout = _LAYOUTS.get(channels, "stereo")
-        self.stream = out.add_stream(codec, rate=rate)
-        self.stream.layout = layout
-        self.stream.metadata.update(_stream_tags(source, out.format.name))
-        sample_format = encoder.audio_formats[0].name if encoder.audio_formats else "fltp"
-        self.stream.format = sample_format
-        self.resampler = av.AudioResampler(
-            format=sample_format, layout=layout, rate=rate, frame_size=_FRAME_SIZES.get(codec)
-        )
-
-    def packets(self, packet: av.Packet) -> list[av.Packet]:
-        produced = []
-        try:
-            frames = self.source.decode(packet)
-        except av.error.FFmpegError:
-            return produced  # a damaged audio packet: skip it, as players do
-        for frame in frames:
-            for resampled in self.resampler.resample(frame):
-                produced += self.stream.encode(resampled)
-        return produced
-
-    def flush(self) -> list[av.Packet]:
-        produced = []
-        with contextlib.suppress(av.error.FFmpegError):
-            for frame in self.source.decode(None):
-                for resampled in self.resampler.resample(frame):
-                    produced += self.stream.encode(resampled)
-        for resampled in self.resampler.resample(None):
-            produced += self.stream.encode(resampled)
-        produced += self.stream.encode(None)
-        return produced
-
-
-class _SubtitleTranscoder:
-    """Text subtitles re-encoded cue by cue; each cue keeps its packet's time and duration."""
-
-    def __init__(self, out: av.container.OutputContainer, source: av.stream.Stream, codec: str) -> None:
-        self.source = source
-        context = source.codec_context
-        with contextlib.suppress(av.error.FFmpegError, ValueError):
-            context.open()  # decode2 needs an open decoder, and its ASS header is wanted below
-        self.stream = out.add_stream(codec)
-        self.stream.time_base = source.time_base
-        self.stream.codec_context.time_base = source.time_base
-        self.stream.codec_context.subtitle_header = getattr(context, "subtitle_header", None) or ASS_HEADER
-        self.stream.metadata.update(_stream_tags(source, out.format.name))
-
-    def packets(self, packet: av.Packet) -> list[av.Packet]:
-        produced = []
-        try:
-            cue = self.source.codec_context.decode2(packet)
-        except av.error.FFmpegError:
-            return produced
-        if cue is not None and len(cue):
-            encoded = self.stream.codec_context.encode_subtitle(cue)
-            encoded.time_base = packet.time_base
-            encoded.pts = encoded.dts = packet.pts if packet.pts is not None else packet.dts
-            encoded.duration = packet.duration or round(
-                Fraction(cue.end_display_time - cue.start_display_time, 1000) / packet.time_base
-            )
-            produced.append(encoded)
-        return produced
-
-    def flush(self) -> list[av.Packet]:
-        return []  # each cue is encoded as it arrives; nothing is held back
-
-
-_Transcoder = _AudioTranscoder | _SubtitleTranscoder
+_Transcoder = AudioTranscoder | SubtitleTranscoder

@@ -25,8 +25,8 @@ import numpy as np
 import upscaler.video.encode as encoding
 from upscaler.allocator import keep_freed_memory
 from upscaler.video.decode import decode_frames
-from upscaler.video.encode import quantize
 from upscaler.video.probe import probe_video
+from upscaler.video.writer import PartWriter, quantize
 
 
 def main() -> None:
@@ -60,7 +60,7 @@ def main() -> None:
     before = resource.getrusage(resource.RUSAGE_SELF)
     with tempfile.TemporaryDirectory() as scratch:
         part = Path(scratch) / "part.nut"
-        with encoding.PartWriter(part, source, chosen, width, height) as writer:
+        with PartWriter(part, source, chosen, width, height) as writer:
             for index in range(args.frames):
                 writer.write(index, frames[index % len(frames)])
     after = resource.getrusage(resource.RUSAGE_SELF)

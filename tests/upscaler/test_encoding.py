@@ -17,14 +17,13 @@ from upscaler.errors import OutputError
 from upscaler.video.decode import decode_frames
 from upscaler.video.encode import (
     EncodeSettings,
-    PartWriter,
     bound_lookahead,
     frame_size,
     lookahead_frames,
-    quantize,
     resolve_encoding,
 )
 from upscaler.video.probe import ColourTags, VideoInfo, probe_video
+from upscaler.video.writer import PartWriter, quantize
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,10 @@ from tests.conftest import shared_data
 from tests.upscaler import video_clips as clips
 from upscaler.errors import OutputError
 from upscaler.video.decode import decode_frames
-from upscaler.video.encode import EncodeSettings, PartWriter, resolve_encoding
+from upscaler.video.encode import EncodeSettings, resolve_encoding
 from upscaler.video.mux import mux_output
 from upscaler.video.probe import VideoInfo, probe_video
+from upscaler.video.writer import PartWriter
 
 LOSSLESS = EncodeSettings(crf=0)  # libx264 qp 0 with its default B-frames
 CANNOT = ": the mp4 container cannot carry it; transcoded to aac"

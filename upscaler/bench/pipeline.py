@@ -56,16 +56,11 @@ def measure_video(
     from upscaler.backend import get_backend
     from upscaler.upscaling import open_upscaler
     from upscaler.video.decode import decode_frames
-    from upscaler.video.encode import (
-        EncodeSettings,
-        level_dtype,
-        lookahead_frames,
-        row_quantizer,
-        usable_cores,
-    )
+    from upscaler.video.encode import EncodeSettings, lookahead_frames, usable_cores
     from upscaler.video.job import run_video_job
     from upscaler.video.plan import plan_video_job
     from upscaler.video.probe import probe_video
+    from upscaler.video.writer import level_dtype, row_quantizer
 
     # yuv420p needs even sides.
     width, height = max(2, width - width % 2), max(2, height - height % 2)

@@ -36,17 +36,13 @@ from upscaler.files import free_bytes, is_disk_full, megabytes
 from upscaler.picture import Picture, upscale_picture
 from upscaler.pipeline import InferStream, run_pipeline
 from upscaler.video.decode import VideoFrame, decode_frames
-from upscaler.video.encode import (
-    level_dtype,
-    quantize,
-    row_quantizer,
-)
 from upscaler.video.events import Event, Note, VideoReport
 from upscaler.video.journal import Journal, write_journal
 from upscaler.video.lock import clear_work_dir, hold_output
 from upscaler.video.mux import mux_output
 from upscaler.video.parts import PartSink, Upscaled, open_journal
 from upscaler.video.plan import VideoPlan
+from upscaler.video.writer import level_dtype, quantize, row_quantizer
 
 Upscale = Callable[[np.ndarray], np.ndarray]
 K = TypeVar("K")

@@ -15,13 +15,11 @@ from fractions import Fraction
 import numpy as np
 
 from upscaler.errors import OutputError
-from upscaler.video.encode import (
-    PartWriter,
-)
 from upscaler.video.events import Event, Note, Progress
 from upscaler.video.journal import Journal, PartRecord, part_problem, read_journal, seal_part, write_journal
 from upscaler.video.lock import clear_work_dir
 from upscaler.video.plan import VideoPlan
+from upscaler.video.writer import PartWriter
 
 
 def open_journal(plan: VideoPlan, resume: bool, notify: Callable[[Note], None]) -> Journal:

@@ -26,13 +26,7 @@ import av.logging
 from upscaler.errors import InputError, OutputError
 from upscaler.options import BackendOptions, TileOptions
 from upscaler.picture import round_half_up
-from upscaler.video.encode import (
-    EncodeSettings,
-    Encoding,
-    bound_lookahead,
-    frame_size,
-    resolve_encoding,
-)
+from upscaler.video.encode import EncodeSettings, Encoding, bound_lookahead, frame_size, resolve_encoding
 from upscaler.video.journal import JOURNAL_NAME, JOURNAL_VERSION
 from upscaler.video.lock import work_dir_for
 from upscaler.video.probe import VideoInfo, probe_video

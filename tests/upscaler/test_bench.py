@@ -321,7 +321,7 @@ def test_the_replayed_job_encodes_what_the_model_made(tmp_path: Path, monkeypatc
     from upscaler.models import load_model
     from upscaler.options import BackendOptions, TileOptions
     from upscaler.upscaling import open_upscaler
-    from upscaler.video import encode as encoding
+    from upscaler.video import writer as encoding
     from upscaler.video.decode import decode_frames
     from upscaler.video.job import run_video_job
     from upscaler.video.plan import plan_video_job

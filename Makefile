@@ -26,7 +26,7 @@ $(DEV): $(BASE)
 env: $(DEV)
 
 demo: $(BASE)
-	$(BIN)/upscale video examples/big_buck_bunny_320x180.mp4 out/big_buck_bunny_x4.mp4 --model compact --overwrite
+	$(BIN)/upscale video examples/big_buck_bunny_320x180.mp4 out/big_buck_bunny_x4.mp4 --model esrgan --overwrite
 
 test: $(DEV)
 	$(BIN)/python -m pytest -q

@@ -23,7 +23,7 @@ from upscaler.options import BackendOptions, TileOptions
 from upscaler.resampling import bicubic_resize
 from upscaler.upscaling import open_upscaler
 
-# (image, left, top, side) of each HR crop: the baboon's fur, the bridge's stonework and a zebra's stripes
+# (image, left, top, side) of each HR crop: the baboon's nose, the bridge's stonework and a zebra's stripes
 CROPS = (("img_001", 180, 250, 112), ("img_003", 150, 260, 112), ("img_014", 250, 110, 112))
 ZOOM = 2
 LABEL_HEIGHT = 44

@@ -143,13 +143,13 @@ def test_srgan_starts_from_an_srresnet_result(images: Path, tmp_path: Path) -> N
 
 
 def test_a_gan_stage_starts_from_a_bundled_model_id(images: Path, tmp_path: Path, monkeypatch) -> None:
-    from upscaler.models import registry
+    from upscaler.models import catalog
 
     psnr = train(tiny_recipe("compact-psnr", images), tmp_path / "psnr")
     bundled = tmp_path / "weights"
     bundled.mkdir()
     (bundled / "compact.safetensors").write_bytes(psnr.weights.read_bytes())
-    monkeypatch.setattr(registry, "WEIGHTS_DIR", bundled)
+    monkeypatch.setattr(catalog, "WEIGHTS_DIR", bundled)
     recipe = tiny_recipe("compact-gan", images, train={"pretrained": "compact"})
     assert train(recipe, tmp_path / "gan", vgg=random_vgg(recipe)).weights is not None
 

@@ -52,8 +52,8 @@ def test_flops_on_the_meta_device_match_the_cpu() -> None:
     [
         # the figures in ../shared/notes-cpu-performance.md (64 features, x4), to 3 significant figures
         ("compact", {}, 1.24),
-        ("esrgan", {}, 35.9),
-        ("esrgan", {"num_block": 6}, 11.4),
+        ("esrgan-23x64", {}, 35.9),
+        ("esrgan-23x64", {"num_block": 6}, 11.4),
         # SRGAN's SRResNet: 9x9 head and tail, no convs at output size but the tail:
         # 2*(81*3*64 + 33*9*64*64 + 9*64*256 * (1 + 4) + 16*81*64*3) = 4.44 M
         ("srgan", {}, 4.436352),
@@ -151,9 +151,9 @@ def test_a_backend_that_refuses_a_precision_is_listed_with_the_reason(tmp_path: 
 
 
 def test_a_model_id_without_bundled_weights_runs_with_random_weights(tmp_path, monkeypatch) -> None:
-    from upscaler.models import registry
+    from upscaler.models import catalog
 
-    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "no-weights")
+    monkeypatch.setattr(catalog, "WEIGHTS_DIR", tmp_path / "no-weights")
     report = run_bench(_settings(Path("compact"), model="compact", video=False, repeat=1, warmup=0))
     assert report.model == "compact" and report.random_weights
     assert report.flops_per_pixel == pytest.approx(1.2384e6)

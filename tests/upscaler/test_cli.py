@@ -62,10 +62,10 @@ def test_models_lists_the_ids_with_their_measured_quality() -> None:
         assert f"bundled ({card['weights_dtype']})" in lines[entry.id]
         set5, set14 = card["evaluation"]["Set5"], card["evaluation"]["Set14"]
         assert f"Set5 {set5['psnr_y']:.2f} dB, Set14 {set14['psnr_y']:.2f} dB" in lines[entry.id]
-    assert "not bundled (GAN stage, needs VGG19)" in lines["esrgan"]
+    assert "not bundled (paper's size, not trained here)" in lines["esrgan-23x64"]
     # the quality table: bicubic as measured, each bundled model, the paper's rows as printed
-    assert "bicubic                 28.43 / 0.8113    26.09 / 0.7049" in result.output
-    assert "SRResNet (SRGAN paper)  32.05 / 0.9019    28.49 / 0.8184" in result.output
+    assert "bicubic                 28.43 / 0.8113 / 0.3406   26.09 / 0.7049 / 0.4400" in result.output
+    assert "SRResNet (SRGAN paper)  32.05 / 0.9019 / -        28.49 / 0.8184 / -" in result.output
 
 
 def test_backends_lists_torch_as_available() -> None:
@@ -168,8 +168,8 @@ def test_outscale_and_format(tmp_path: Path, compact_weights: Path) -> None:
             "Error: model 'no-such-model' is neither a known model id nor an existing file; known ids: ",
         ),
         (
-            ["--model", "esrgan"],
-            "Error: model 'esrgan' has no bundled weights: its GAN stage is trained with a VGG19",
+            ["--model", "esrgan-23x64"],
+            "Error: model 'esrgan-23x64' has no bundled weights: the paper's 23 x 64 RRDBNet costs",
         ),
         (["--backend", "nope"], "Error: unknown backend 'nope'; known: "),
         (["--precision", "fp16", "--device", "cpu"], "Error: --precision: fp16 is not supported on the CPU"),

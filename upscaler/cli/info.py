@@ -50,14 +50,15 @@ def models() -> None:
     measured = [(name, card["evaluation"]) for name, card in measured if card.get("evaluation")]
     if measured:
         click.echo(
-            "\nupscale eval, x4: PSNR (dB) / SSIM on Y of BT.601, 4-pixel border, SR rounded to 8 bits"
+            "\nupscale eval, x4: PSNR (dB) / SSIM on Y of BT.601, 4-pixel border, SR rounded to 8 bits; "
+            "LPIPS v0.1 (AlexNet; lower is better) on RGB"
         )
-        rows = [("model", *(f"{name} PSNR / SSIM" for name in SETS))]
+        rows = [("model", *(f"{name} PSNR / SSIM / LPIPS" for name in SETS))]
         first = measured[0][1]
         rows.append(("bicubic", *(_pair(first, name, "bicubic_") for name in SETS)))
         rows.extend((name, *(_pair(figures, s, "") for s in SETS)) for name, figures in measured)
         rows.extend(
-            (paper, *(f"{published[s][0]:.2f} / {published[s][1]:.4f}" for s in SETS))
+            (paper, *(f"{published[s][0]:.2f} / {published[s][1]:.4f} / -" for s in SETS))
             for paper, published in PUBLISHED
         )
         print_table(rows)
@@ -71,7 +72,9 @@ def _pair(evaluation: dict, name: str, prefix: str) -> str:
     figures = evaluation.get(name)
     if figures is None:
         return "-"
-    return f"{figures[prefix + 'psnr_y']:.2f} / {figures[prefix + 'ssim_y']:.4f}"
+    lpips = figures.get(prefix + "lpips")
+    shown = f"{lpips:.4f}" if lpips is not None else "-"
+    return f"{figures[prefix + 'psnr_y']:.2f} / {figures[prefix + 'ssim_y']:.4f} / {shown}"
 
 
 @click.command()

@@ -3,6 +3,7 @@
 Imports torch, numpy and safetensors; never PyAV, click, backends or train.
 """
 
+from upscaler.models.catalog import MODELS, ModelEntry, find_model, list_models
 from upscaler.models.compact import SRVGGNetCompact
 from upscaler.models.loading import (
     LoadedModel,
@@ -14,14 +15,10 @@ from upscaler.models.loading import (
 )
 from upscaler.models.registry import (
     ARCHITECTURES,
-    MODELS,
     Architecture,
-    ModelEntry,
     build_model,
     detect_architecture,
-    find_model,
     get_architecture,
-    list_models,
 )
 from upscaler.models.rrdbnet import RRDBNet, convert_esrgan_state_dict, convert_mmsr_state_dict
 from upscaler.models.srresnet import MSRResNet, SRResNet, SRResNetInference, fold_batch_norm

@@ -23,13 +23,12 @@ from torch import nn
 
 from upscaler.errors import ModelError, OutputError
 from upscaler.files import write_atomically
+from upscaler.models.catalog import MODELS, find_model
 from upscaler.models.registry import (
     ARCHITECTURES,
-    MODELS,
     build_model,
     convert_state_dict,
     detect_architecture,
-    find_model,
     get_architecture,
 )
 from upscaler.values import SizeRequirement

@@ -1,18 +1,16 @@
-"""The one registry: the architectures `upscale` can run, and the model ids it ships.
+"""The one registry of the architectures `upscale` can run (the model ids are `upscaler.models.catalog`).
 
-Both tables are written out by hand below; importing a module never adds to them. An architecture
+The table is written out by hand below; importing a module never adds to it. An architecture
 entry recognises a state dict in BasicSR key names (older layouts are converted first, see `LAYOUTS`),
 builds the network from a config, and says what its input must look like and how to tile it.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -397,149 +395,3 @@ def build_model(arch: str, config: Config) -> nn.Module:
         return architecture.build(config)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"cannot build a {arch!r} network with config {dict(config)}: {exc}") from exc
-
-
-# --- the model-id table -------------------------------------------------------------------------------
-
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """A model id of `upscale`; its weights are `upscaler/weights/<id>.safetensors` beside a card `<id>.json`.
-
-    config is what the bundled weights were trained with (for an id without bundled weights, the
-    paper's); the weights file's own config wins when loading. For an id without bundled weights,
-    `unbundled` says why (in a few words for `upscale models`, then in a sentence) and `hint` what to
-    do instead; all three are None for a bundled id.
-    """
-
-    id: str
-    arch: str
-    description: str
-    config: dict[str, Any] = field(hash=False)
-    unbundled: str | None = None
-    unbundled_why: str | None = None
-    hint: str | None = None
-
-    @property
-    def scale(self) -> int:
-        return ARCHITECTURES[self.arch].scale(self.config)
-
-    @property
-    def weights(self) -> Path:
-        return WEIGHTS_DIR / f"{self.id}.safetensors"
-
-    @property
-    def weights_present(self) -> bool:
-        return self.weights.is_file()
-
-    @property
-    def card(self) -> dict[str, Any] | None:
-        """The model card written when the weights were shipped (train/ship.py), or None."""
-        path = self.weights.with_suffix(".json")
-        if not path.is_file():
-            return None
-        return json.loads(path.read_text(encoding="utf-8"))
-
-    @property
-    def quality(self) -> str | None:
-        """`Set5 30.12 dB, Set14 27.15 dB`: the card's `upscale eval` figures, or None."""
-        card = self.card
-        if not card or not card.get("evaluation"):
-            return None
-        return ", ".join(f"{name} {figures['psnr_y']:.2f} dB" for name, figures in card["evaluation"].items())
-
-    @property
-    def parameters(self) -> int:
-        """Parameters of the config, counted without allocating them."""
-        with torch.device("meta"):
-            module = ARCHITECTURES[self.arch].build(self.config)
-        return sum(parameter.numel() for parameter in module.parameters())
-
-
-# The GAN stages need ImageNet VGG19 weights for their perceptual loss; none could be used here.
-_NEEDS_VGG = (
-    "its GAN stage is trained with a VGG19 perceptual loss, and no ImageNet VGG19 weights could be used here"
-)
-
-
-def _gan_hint(psnr_id: str, gan_recipe: str) -> str:
-    return (
-        f"use --model {psnr_id} (its PSNR-oriented generator, bundled), or train the GAN stage from it: "
-        f"upscale train --recipe {gan_recipe} --data HR_DIR --vgg-weights vgg19-dcbb9e9d.pth "
-        f"--pretrained {psnr_id} (see the README)"
-    )
-
-
-# SRGAN's GAN stage keeps the shape of the SRResNet it starts from: one config for both ids.
-_SRRESNET = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 16, "scale": 4, "batch_norm": True}
-
-MODELS: tuple[ModelEntry, ...] = (
-    ModelEntry(
-        id="rrdb-psnr",
-        arch="rrdbnet",
-        description="RRDBNet on L1, x4, 6 blocks of 32 features: ESRGAN's PSNR-oriented generator, smaller",
-        config={
-            "num_in_ch": 3,
-            "num_out_ch": 3,
-            "scale": 4,
-            "num_feat": 32,
-            "num_block": 6,
-            "num_grow_ch": 16,
-        },
-    ),
-    ModelEntry(
-        id="srresnet",
-        arch="srresnet",
-        description="SRResNet on L1, x4, 16 residual blocks: SRGAN's PSNR-oriented generator",
-        config=_SRRESNET,
-    ),
-    ModelEntry(
-        id="compact",
-        arch="compact",
-        description="Real-ESRGAN's compact VGG-style generator on L1, x4, 16 convs: fast, for video",
-        config={
-            "num_in_ch": 3,
-            "num_out_ch": 3,
-            "num_feat": 64,
-            "num_conv": 16,
-            "upscale": 4,
-            "act_type": "prelu",
-        },
-    ),
-    ModelEntry(
-        id="esrgan",
-        arch="rrdbnet",
-        description="ESRGAN: RRDBNet generator after its GAN stage, x4, 23 blocks",
-        config={
-            "num_in_ch": 3,
-            "num_out_ch": 3,
-            "scale": 4,
-            "num_feat": 64,
-            "num_block": 23,
-            "num_grow_ch": 32,
-        },
-        unbundled="GAN stage, needs VGG19",
-        unbundled_why=_NEEDS_VGG,
-        hint=_gan_hint("rrdb-psnr", "esrgan"),
-    ),
-    ModelEntry(
-        id="srgan",
-        arch="srresnet",
-        description="SRGAN: SRResNet generator after its GAN stage, x4, 16 blocks",
-        config=_SRRESNET,
-        unbundled="GAN stage, needs VGG19",
-        unbundled_why=_NEEDS_VGG,
-        hint=_gan_hint("srresnet", "srgan"),
-    ),
-)
-
-
-def list_models() -> list[ModelEntry]:
-    """The model ids `upscale` ships, in the order `upscale models` shows them."""
-    return list(MODELS)
-
-
-def find_model(model_id: str) -> ModelEntry | None:
-    return next((entry for entry in MODELS if entry.id == model_id), None)

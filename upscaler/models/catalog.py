@@ -1,0 +1,167 @@
+"""The model ids `upscale` knows: the bundled weights in `upscaler/weights/` with their cards, and
+the ids that have no bundled weights, with why and what to use instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from upscaler.models.registry import ARCHITECTURES
+
+# --- the model-id table -------------------------------------------------------------------------------
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model id of `upscale`; its weights are `upscaler/weights/<id>.safetensors` beside a card `<id>.json`.
+
+    config is what the bundled weights were trained with (for an id without bundled weights, the
+    paper's); the weights file's own config wins when loading. For an id without bundled weights,
+    `unbundled` says why (in a few words for `upscale models`, then in a sentence) and `hint` what to
+    do instead; all three are None for a bundled id.
+    """
+
+    id: str
+    arch: str
+    description: str
+    config: dict[str, Any] = field(hash=False)
+    unbundled: str | None = None
+    unbundled_why: str | None = None
+    hint: str | None = None
+    # For a GAN stage: the PSNR-oriented model it was trained from, whose figures its own are held to.
+    psnr_model: str | None = None
+
+    @property
+    def scale(self) -> int:
+        return ARCHITECTURES[self.arch].scale(self.config)
+
+    @property
+    def weights(self) -> Path:
+        return WEIGHTS_DIR / f"{self.id}.safetensors"
+
+    @property
+    def weights_present(self) -> bool:
+        return self.weights.is_file()
+
+    @property
+    def card(self) -> dict[str, Any] | None:
+        """The model card written when the weights were shipped (train/ship.py), or None."""
+        path = self.weights.with_suffix(".json")
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    @property
+    def quality(self) -> str | None:
+        """`Set5 30.12 dB, Set14 27.15 dB`: the card's `upscale eval` figures, or None."""
+        card = self.card
+        if not card or not card.get("evaluation"):
+            return None
+        return ", ".join(f"{name} {figures['psnr_y']:.2f} dB" for name, figures in card["evaluation"].items())
+
+    @property
+    def parameters(self) -> int:
+        """Parameters of the config, counted without allocating them."""
+        with torch.device("meta"):
+            module = ARCHITECTURES[self.arch].build(self.config)
+        return sum(parameter.numel() for parameter in module.parameters())
+
+
+# The paper's ESRGAN generator: 23 blocks of 64 features, the size of the published weights.
+_PAPER_RRDB = {
+    "num_in_ch": 3,
+    "num_out_ch": 3,
+    "scale": 4,
+    "num_feat": 64,
+    "num_block": 23,
+    "num_grow_ch": 32,
+}
+
+
+# SRGAN's GAN stage keeps the shape of the SRResNet it starts from: one config for both ids.
+_SRRESNET = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 16, "scale": 4, "batch_norm": True}
+
+MODELS: tuple[ModelEntry, ...] = (
+    ModelEntry(
+        id="rrdb-psnr",
+        arch="rrdbnet",
+        description="RRDBNet on L1, x4, 6 blocks of 32 features: ESRGAN's PSNR-oriented generator, smaller",
+        config={
+            "num_in_ch": 3,
+            "num_out_ch": 3,
+            "scale": 4,
+            "num_feat": 32,
+            "num_block": 6,
+            "num_grow_ch": 16,
+        },
+    ),
+    ModelEntry(
+        id="srresnet",
+        arch="srresnet",
+        description="SRResNet on L1, x4, 16 residual blocks: SRGAN's PSNR-oriented generator",
+        config=_SRRESNET,
+    ),
+    ModelEntry(
+        id="compact",
+        arch="compact",
+        description="Real-ESRGAN's compact VGG-style generator on L1, x4, 16 convs: fast, for video",
+        config={
+            "num_in_ch": 3,
+            "num_out_ch": 3,
+            "num_feat": 64,
+            "num_conv": 16,
+            "upscale": 4,
+            "act_type": "prelu",
+        },
+    ),
+    ModelEntry(
+        id="esrgan",
+        arch="rrdbnet",
+        description="ESRGAN: RRDBNet after its GAN stage (perceptual + RaGAN), x4; smaller than the "
+        "paper's 23 x 64: 6 blocks of 32 features",
+        config={
+            "num_in_ch": 3,
+            "num_out_ch": 3,
+            "scale": 4,
+            "num_feat": 32,
+            "num_block": 6,
+            "num_grow_ch": 16,
+        },
+        psnr_model="rrdb-psnr",
+    ),
+    ModelEntry(
+        id="srgan",
+        arch="srresnet",
+        description="SRGAN: SRResNet after its GAN stage (VGG54 + adversarial), x4, 16 residual blocks",
+        config=_SRRESNET,
+        psnr_model="srresnet",
+    ),
+    ModelEntry(
+        id="esrgan-23x64",
+        arch="rrdbnet",
+        description="ESRGAN at the paper's size (23 blocks of 64 features), as its published weights",
+        config=_PAPER_RRDB,
+        unbundled="paper's size, not trained here",
+        unbundled_why="the paper's 23 x 64 RRDBNet costs about 6 times the bundled esrgan's CPU time per "
+        "training step, and its GAN stage was not trained on this project's 2-core CPU",
+        hint="use --model esrgan (the same recipe at 6 blocks of 32 features, bundled), or a published "
+        "ESRGAN file (--model RRDB_ESRGAN_x4.pth), or train it: upscale train --recipe esrgan --data HR_DIR "
+        "--pretrained RRDB_PSNR_x4.pth",
+    ),
+)
+
+
+def list_models() -> list[ModelEntry]:
+    """The model ids `upscale` ships, in the order `upscale models` shows them."""
+    return list(MODELS)
+
+
+def find_model(model_id: str) -> ModelEntry | None:
+    return next((entry for entry in MODELS if entry.id == model_id), None)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from upscaler.errors import BackendError, ModelError, OutputError, UpscaleError
 from upscaler.files import write_atomically
+from upscaler.places import cache_dir
 from upscaler.values import Precision
 
 T = TypeVar("T")
@@ -53,7 +53,6 @@ EXPORT_FORMAT = 2
 # Largest activation a layer may reach on the calibration batch and still run in fp16. fp16 ends at
 # 65504; a quarter of that leaves room for inputs busier than the calibration noise.
 FP16_SAFE_LIMIT = 16384.0
-CACHE_ENV = "UPSCALER_CACHE_DIR"
 ONNX_MISSING = "onnx is not installed: pip install 'upscaler[onnx]'"
 
 
@@ -68,12 +67,8 @@ class OnnxExport:
 
 
 def default_cache_dir() -> Path:
-    """Where exported graphs and engines are kept: $UPSCALER_CACHE_DIR, else the XDG cache folder."""
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "upscaler"
+    """Where exported graphs and engines are kept (`upscaler.places.cache_dir`)."""
+    return cache_dir()
 
 
 def _import_onnx():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from upscaler.export import CACHE_ENV
+from upscaler.places import CACHE_ENV
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,6 @@ from onnx import TensorProto
 from tests.conftest import TINY_CONFIGS, shared_data, tiny_weights
 from upscaler.errors import OutputError, UpscaleError
 from upscaler.export import (
-    CACHE_ENV,
     EXPORT_FORMAT,
     INPUT_NAME,
     OPSET,
@@ -29,6 +28,7 @@ from upscaler.export import (
 )
 from upscaler.files import write_bytes_atomically
 from upscaler.models import build_model, load_model, save_weights
+from upscaler.places import CACHE_ENV
 from upscaler.values import Precision
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"

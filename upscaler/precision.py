@@ -12,7 +12,7 @@ The library chooses and returns the reason; the CLI says it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,13 +74,19 @@ def cpu_flags(path: Path = CPUINFO) -> frozenset[str]:
     return frozenset((cpuinfo_field("flags", path) or "").split())
 
 
-def cpuinfo_bf16_feature(path: Path = CPUINFO) -> str | None:
-    flags = cpu_flags(path)
+def bf16_feature_of(flags: Iterable[str]) -> str | None:
+    """The bf16 feature among CPU flags ("AMX" or "AVX512_BF16"): either gives oneDNN bf16 convolutions
+    in hardware; without them torch emulates bf16, slower than fp32."""
+    flags = set(flags)
     if "amx_bf16" in flags:
         return "AMX"
     if "avx512_bf16" in flags:
         return "AVX512_BF16"
     return None
+
+
+def cpuinfo_bf16_feature(path: Path = CPUINFO) -> str | None:
+    return bf16_feature_of(cpu_flags(path))
 
 
 def cuda_capability(index: int) -> tuple[str, tuple[int, int]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from upscaler.bench.report import ConvRun, FlopCount, Machine, Timing
 from upscaler.errors import BackendError
-from upscaler.precision import cpu_bf16_feature, cpu_flags, cpuinfo_field
+from upscaler.precision import bf16_feature_of, cpu_bf16_feature, cpu_flags, cpuinfo_field
 from upscaler.values import Precision
 
 # Relevant to how fast convolutions can run on a CPU, as /proc/cpuinfo names them.
@@ -46,9 +46,7 @@ def cpu_model() -> str:
 def cpu_has_bf16(flags: Iterable[str] | None = None) -> bool:
     """Whether the CPU runs bf16 convolutions in hardware (AVX512_BF16 or AMX): from `flags` where
     given, else as `--precision auto` decides it (upscaler.precision.cpu_bf16_feature)."""
-    if flags is not None:
-        return bool({"avx512_bf16", "amx_bf16"} & set(flags))
-    return cpu_bf16_feature() is not None
+    return (bf16_feature_of(flags) if flags is not None else cpu_bf16_feature()) is not None
 
 
 def resolve_bench_device(requested: str) -> str:

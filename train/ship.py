@@ -32,12 +32,9 @@ PSNR_TOLERANCE = 0.005
 SSIM_TOLERANCE = 0.00005
 
 
-# CPU threads of each measurement (None: all); `--threads` sets it, to measure beside a training run.
-THREADS: int | None = None
-
-
-def evaluate(weights: Path, data: Path) -> dict[str, Any]:
-    """`upscale eval --json` of `weights` on `data` (fp32, torch on the CPU), as a dict."""
+def evaluate(weights: Path, data: Path, threads: int | None = None) -> dict[str, Any]:
+    """`upscale eval --json` of `weights` on `data` (fp32, torch on the CPU), as a dict; `threads` CPU
+    threads (None: all), to measure beside a training run."""
     command = [
         *_upscale(),
         "eval",
@@ -54,7 +51,7 @@ def evaluate(weights: Path, data: Path) -> dict[str, Any]:
         "--json",
         "--no-progress",
         "--lpips",
-        *(["--threads", str(THREADS)] if THREADS else []),
+        *(["--threads", str(threads)] if threads else []),
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -69,6 +66,7 @@ def ship(
     destination: Path = WEIGHTS_DIR,
     note: str = "",
     before: tuple[Path, ...] = (),
+    threads: int | None = None,
 ) -> Path:
     """Measure the run's weights, choose fp16 or fp32, write `<destination>/<model_id>.safetensors|.json`.
 
@@ -92,7 +90,7 @@ def ship(
         }
         for dtype, path in files.items():
             for data in eval_sets:
-                measured[dtype][data.name] = evaluate(path, data)
+                measured[dtype][data.name] = evaluate(path, data, threads)
         differences = {
             name: (
                 abs(measured["fp16"][name]["mean"]["psnr"] - measured["fp32"][name]["mean"]["psnr"]),
@@ -150,14 +148,16 @@ def ship(
     return weights
 
 
-def add_lpips(model_id: str, eval_sets: list[Path], destination: Path = WEIGHTS_DIR) -> dict[str, Any]:
+def add_lpips(
+    model_id: str, eval_sets: list[Path], destination: Path = WEIGHTS_DIR, threads: int | None = None
+) -> dict[str, Any]:
     """Measure a shipped model's LPIPS (and its bicubic's) on `eval_sets` and add them to its card's
     `evaluation`, for cards shipped before LPIPS was measured; PSNR/SSIM are checked to be unchanged."""
     card_path = destination / f"{model_id}.json"
     card = json.loads(card_path.read_text(encoding="utf-8"))
     weights = destination / card["weights"]
     for data in eval_sets:
-        report = evaluate(weights, data)
+        report = evaluate(weights, data, threads)
         figures = card["evaluation"][data.name]
         if abs(report["mean"]["psnr"] - figures["psnr_y"]) > 1e-3:
             raise SystemExit(
@@ -262,16 +262,14 @@ def main(argv: list[str] | None = None) -> None:
         "stopped stage was continued from (repeatable)",
     )
     args = parser.parse_args(argv)
-    global THREADS
-    THREADS = args.threads
     if args.add_lpips:
-        card = add_lpips(args.id, args.eval, args.to)
+        card = add_lpips(args.id, args.eval, args.to, args.threads)
         for name, figures in card["evaluation"].items():
             print(f"  {name}: LPIPS {figures['lpips']:.4f} (bicubic {figures['bicubic_lpips']:.4f})")
         return
     if args.run is None:
         parser.error("--run is required to ship a run")
-    weights = ship(args.run, args.id, args.eval, args.to, args.note, tuple(args.before))
+    weights = ship(args.run, args.id, args.eval, args.to, args.note, tuple(args.before), args.threads)
     card = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
     print(f"{weights} ({card['weights_dtype']}, {weights.stat().st_size / 1e6:.2f} MB)")
     for name, figures in card["evaluation"].items():

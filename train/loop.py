@@ -54,7 +54,7 @@ from train.networks import (
 )
 from train.schema import ConfigError, Recipe
 from train.start import preflight, schedule_note
-from train.steps import Objective, Precision, discriminator_step, generator_step
+from train.steps import MixedPrecision, Objective, discriminator_step, generator_step
 from train.validation import SAMPLE_IMAGES, measure_bicubic, validate_images
 from upscaler.errors import InputError, OutputError
 from upscaler.models import build_model, get_architecture, save_weights
@@ -197,7 +197,7 @@ def train(
     optim_d = adam(net_d, recipe.optim_d) if net_d is not None else None
     sched_d = scheduler(optim_d, recipe.scheduler) if optim_d is not None else None
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    precision = Precision(
+    precision = MixedPrecision(
         device.type, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision), scaler
     )
     objective = Objective(

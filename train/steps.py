@@ -29,7 +29,7 @@ class Objective:
 
 
 @dataclass
-class Precision:
+class MixedPrecision:
     """Autocast and the gradient scaler (fp16 on CUDA; a no-op scaler otherwise)."""
 
     device_type: str
@@ -47,7 +47,7 @@ def generator_step(
     gt: torch.Tensor,
     objective: Objective,
     optim_g: torch.optim.Optimizer,
-    precision: Precision,
+    precision: MixedPrecision,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """G's update on the recipe's losses; the SR batch and each weighted loss term.
 
@@ -80,7 +80,7 @@ def discriminator_step(
     gt: torch.Tensor,
     gan: GANLoss,
     optim_d: torch.optim.Optimizer,
-    precision: Precision,
+    precision: MixedPrecision,
 ) -> dict[str, torch.Tensor]:
     """D's update on real (HR) and the detached fake (SR) batch; its loss and mean logits."""
     distributed.unwrap(net_d).requires_grad_(True)

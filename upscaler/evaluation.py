@@ -155,7 +155,7 @@ def evaluate_pairs(
         _check_pair(name, lr, hr, scale)
         hr8 = to_uint8(hr)
         model_psnr = model_ssim = bicubic_psnr = bicubic_ssim = model_lpips = bicubic_lpips = None
-        hr_levels = hr8.astype(np.float32) / 255
+        hr_levels = hr8.astype(np.float32) / 255 if perceptual is not None else None
         if upscale is not None:
             sr = upscale(lr)
             if sr.shape != hr.shape:

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from train.degradations.settings import DegradationConfig, DegradationError, check_degradation
 from train.schema import (
     DISCRIMINATORS,
     GAN_LOSSES,
@@ -268,6 +269,7 @@ def check(table: Mapping[str, Any]) -> Recipe:
         "scheduler": SchedulerConfig,
         "losses": LossConfig,
         "discriminator": DiscriminatorConfig,
+        "degradation": DegradationConfig,
     }
     unknown = [key for key in table if key not in (*sections, "name", "description")]
     if unknown:
@@ -306,6 +308,15 @@ def check(table: Mapping[str, Any]) -> Recipe:
         if "discriminator" in table
         else None
     )
+
+    degradation = (
+        _section(DegradationConfig, table["degradation"], "degradation") if "degradation" in table else None
+    )
+    if degradation is not None:
+        try:
+            check_degradation(degradation)
+        except DegradationError as exc:
+            raise ConfigError(exc.message) from None
 
     architecture = get_architecture(arch)
     scale = architecture.scale(model.config)
@@ -388,6 +399,7 @@ def check(table: Mapping[str, Any]) -> Recipe:
         losses=losses,
         optim_d=optim_d if losses.uses_gan else None,
         discriminator=discriminator if losses.uses_gan else None,
+        degradation=degradation,
     )
 
 

@@ -13,7 +13,8 @@ uses samples i*B ... i*B + B - 1, so resuming at iteration i only needs i.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from train.degradations.bank import CodecBank
+from train.degradations.chain import second_order
+from train.degradations.settings import DegradationConfig
 from upscaler.errors import InputError
 from upscaler.evaluation import pair_key
 from upscaler.image.formats import SUPPORTED_SUFFIXES, read_image
@@ -230,8 +234,14 @@ class PatchDataset(Dataset):
         flip: bool,
         rotate: bool,
         cache: bool,
+        degradation: DegradationConfig | None = None,
+        bank: CodecBank | None = None,
     ) -> None:
         self.entries = images.entries
+        # HR-only images get their LR from the degradation model (and a share from the codec bank)
+        # instead of the clean bicubic; paired images keep their LR files
+        self.degradation = degradation
+        self.bank = bank
         self.scale = scale
         self.patch_size = patch_size
         self.seed = seed
@@ -254,6 +264,8 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, sample: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = self._image_of(sample)
+        if self.degradation is not None and self.entries[index].lq is None:
+            return self._degraded(sample, index)
         lq, hr = self.cached[index] if self.cached is not None else load_pair(self.entries[index], self.scale)
         rng = np.random.default_rng((self.seed, 2, sample))
         lq_patch = self.patch_size // self.scale
@@ -265,6 +277,31 @@ class PatchDataset(Dataset):
         hr = hr[top * s : (top + lq_patch) * s, left * s : (left + lq_patch) * s]
         lq, hr = augment([lq, hr], hflip and self.flip, vflip and self.flip, rotate and self.rotate)
         return to_tensor(lq), to_tensor(hr)
+
+    def hr_pixels(self, index: int) -> np.ndarray:
+        """Image `index`'s 8-bit HR pixels (cropped to a multiple of the scale)."""
+        if self.cached is not None:
+            return self.cached[index][1]
+        return load_pair(self.entries[index], self.scale)[1]
+
+    def _degraded(self, sample: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng((self.seed, 3, sample))
+        hflip, vflip, rotate = (rng.random(3) < 0.5).tolist()
+        flips = (hflip and self.flip, vflip and self.flip, rotate and self.rotate)
+        lq_side, s = self.patch_size // self.scale, self.scale
+        if self.bank is not None and rng.random() < self.degradation.codec_prob:
+            entry = int(rng.integers(len(self.bank)))
+            top, left = (int(v) for v in rng.integers(0, self.bank.lq.shape[1] - lq_side + 1, size=2))
+            lq = self.bank.lq[entry, top : top + lq_side, left : left + lq_side]
+            hr = self.bank.gt[entry, top * s : (top + lq_side) * s, left * s : (left + lq_side) * s]
+            lq, hr = augment([lq, hr], *flips)
+            return to_tensor(lq), to_tensor(hr)
+        hr = self.hr_pixels(index)
+        top = int(rng.integers(0, hr.shape[0] - self.patch_size + 1))
+        left = int(rng.integers(0, hr.shape[1] - self.patch_size + 1))
+        (hr,) = augment([hr[top : top + self.patch_size, left : left + self.patch_size]], *flips)
+        lq = second_order(np.ascontiguousarray(hr).astype(np.float32) / 255.0, s, rng, self.degradation)
+        return to_tensor(np.clip(np.rint(lq * 255.0), 0, 255).astype(np.uint8)), to_tensor(hr)
 
 
 class IterationSampler(Sampler[int]):
@@ -325,3 +362,27 @@ def load_validation(folder: Path, scale: int) -> list[ValidationImage]:
         bicubic = bicubic_resize(lq, hr.shape[1], hr.shape[0])
         images.append(ValidationImage(Path(pair.name).stem, lq, hr, bicubic))
     return images
+
+
+def codec_bank(dataset: PatchDataset, images: ImageSet, recipe, report: Callable[[str], None]) -> CodecBank:
+    """The recipe's codec bank for these images: from the cache when an earlier run made the same one."""
+    from train.degradations.bank import bank_key, bank_side, build_bank, cached_bank
+    from upscaler.places import cache_dir
+
+    config, scale = recipe.degradation, recipe.scale
+    side = bank_side(recipe.data.patch_size, scale)
+    key = bank_key(config, images.digest, scale, side, recipe.train.seed)
+    sizes = [(entry.width, entry.height) for entry in images.entries]
+    started = time.monotonic()
+    bank, made = cached_bank(
+        cache_dir() / "codec-banks",
+        key,
+        lambda: build_bank(sizes, dataset.hr_pixels, scale, side, config, recipe.train.seed),
+    )
+    what = f"made in {time.monotonic() - started:.0f} s" if made else "read from the cache"
+    report(
+        f"Codec bank: {len(bank)} degraded {side} x {side} frames ({config.bank_runs} runs of "
+        f"{config.bank_frames}, {', '.join(config.codecs)}), {what}; "
+        f"{config.codec_prob:.0%} of the samples are drawn from it."
+    )
+    return bank

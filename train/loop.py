@@ -42,7 +42,14 @@ from train.checkpoint import (
     set_rng_state,
 )
 from train.config import to_toml
-from train.data import IterationSampler, PatchDataset, cache_bytes, load_validation, scan_training_images
+from train.data import (
+    IterationSampler,
+    PatchDataset,
+    cache_bytes,
+    codec_bank,
+    load_validation,
+    scan_training_images,
+)
 from train.ema import EMA
 from train.logs import CsvLog, TensorBoardLog, curves_image, sample_grid, write_png
 from train.losses import GANLoss, PerceptualLoss, PixelLoss
@@ -154,8 +161,17 @@ def train(
         )
     )
     dataset = PatchDataset(
-        images, scale, data_cfg.patch_size, cfg.seed, data_cfg.flip, data_cfg.rotate, cache=cache
+        images,
+        scale,
+        data_cfg.patch_size,
+        cfg.seed,
+        data_cfg.flip,
+        data_cfg.rotate,
+        cache=cache,
+        degradation=recipe.degradation,
     )
+    if recipe.degradation is not None and recipe.degradation.codec_prob > 0:
+        dataset.bank = codec_bank(dataset, images, recipe, report)
     # Samples do not depend on which process makes them, so fewer workers than asked changes nothing
     # but the speed; more processes than CPUs only fight over them.
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -9,6 +9,7 @@ import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from train.degradations.settings import DegradationConfig
 from upscaler.errors import UpscaleError
 
 
@@ -130,6 +131,8 @@ class Recipe:
     losses: LossConfig
     optim_d: OptimizerConfig | None = None
     discriminator: DiscriminatorConfig | None = None
+    # None: LR is the clean bicubic downscale of HR (or the paired LR files)
+    degradation: DegradationConfig | None = None
 
     @property
     def scale(self) -> int:
@@ -156,7 +159,8 @@ class Recipe:
             if used
         ]
         described = f"{self.model.arch} ({', '.join(details)})" if details else self.model.arch
-        return f"{described} x{self.scale} on {' + '.join(terms)}"
+        degraded = ", real-world degradations" if self.degradation is not None else ""
+        return f"{described} x{self.scale} on {' + '.join(terms)}{degraded}"
 
     def to_dict(self) -> dict[str, Any]:
         """The plain table this recipe was built from (optional sections left out when absent)."""

@@ -33,6 +33,7 @@ LAYERS = {
     "upscaler.video": 5,
     "upscaler.pipeline": 5,
     "upscaler.upscaling": 5,
+    "upscaler.temporal": 5,
     "upscaler.bench": 5,
     "upscaler.cli": 6,
     "upscaler": 6,

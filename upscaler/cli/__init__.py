@@ -20,6 +20,7 @@ COMMANDS = {
     "video": "upscaler.cli.video:video",
     "images": "upscaler.cli.images:images",
     "eval": "upscaler.cli.eval:eval_command",
+    "degrade-set": "upscaler.cli.degrade:degrade_set",
     "train": "upscaler.cli.train:train",
     "models": "upscaler.cli.info:models",
     "backends": "upscaler.cli.info:backends",

@@ -16,9 +16,21 @@ from upscaler.cli.options import ModelRun, model_options, print_table, resolve_m
 @click.option(
     "--data",
     "data",
-    required=True,
     type=click.Path(path_type=Path),
     help="A folder of HR images, or one with HR/ and LR_x<scale>/ side by side (as Set5, Set14).",
+)
+@click.option(
+    "--video",
+    type=click.Path(path_type=Path),
+    help="A high-resolution clip as ground truth: its frames are downscaled (bicubic), upscaled and "
+    "scored per frame, with TecoGAN's temporal measures tOF and tLP (flicker; lower is better).",
+)
+@click.option(
+    "--frames",
+    type=click.IntRange(min=2),
+    default=30,
+    show_default=True,
+    help="With --video: how many frames from the start to measure.",
 )
 @click.option(
     "--scale",
@@ -38,6 +50,8 @@ from upscaler.cli.options import ModelRun, model_options, print_table, resolve_m
 @model_options
 def eval_command(
     data,
+    video,
+    frames,
     scale,
     as_json,
     bicubic_only,
@@ -58,6 +72,11 @@ def eval_command(
 
     if bicubic_only and click.get_current_context().get_parameter_source("model").name != "DEFAULT":
         raise click.UsageError("--bicubic-only measures no model; leave out --model")
+    if (data is None) == (video is None):
+        raise click.UsageError("give one of --data FOLDER (images) or --video CLIP")
+    if video is not None:
+        _eval_video(video, frames, scale, as_json, bicubic_only, no_progress, lpips, run)
+        return
     check_eval_folder(data)
     perceptual, lpips_note = _perceptual(lpips)
     bar = _Bar(enabled=not no_progress)
@@ -116,6 +135,70 @@ def eval_command(
     for image in report.images:
         rows.append((image.name, *(form(getattr(image, name)) for name, form in shown)))
     rows.append(("mean", *(form(getattr(report, f"mean_{name}")) for name, form in shown)))
+    print_table(rows)
+
+
+def _eval_video(video, frames, scale, as_json, bicubic_only, no_progress, lpips, run: ModelRun) -> None:
+    from contextlib import nullcontext
+
+    from upscaler.errors import InputError
+    from upscaler.models import load_model
+    from upscaler.temporal import evaluate_clip, read_frames
+    from upscaler.upscaling import open_upscaler
+
+    if not video.is_file():
+        raise InputError(f"--video: no such file: {video}")
+    perceptual, lpips_note = _perceptual(lpips)
+    bar = _Bar(enabled=not no_progress)
+    if bicubic_only:
+        context, described = nullcontext(None), "bicubic only"
+    else:
+        loaded = load_model(run.model)
+        run = resolve_model_run(run, loaded.info.arch)
+        context = open_upscaler(loaded, run.backend, run.backend_options, run.tile_options)
+    try:
+        with context as upscaler:
+            factor = scale or 4 if upscaler is None else upscaler.scale
+            if upscaler is not None:
+                described = upscaler.description
+                if scale is not None and scale != upscaler.scale:
+                    raise InputError(
+                        f"--scale: {scale} does not match model '{upscaler.model_name}' (x{upscaler.scale})"
+                    )
+            report = evaluate_clip(
+                None if upscaler is None else upscaler.upscale,
+                read_frames(video, frames),
+                factor,
+                perceptual=perceptual,
+                progress=bar,
+                total=frames,
+            )
+    finally:
+        bar.close()
+    click.echo(
+        f"{described}; {report.frames} frames of {video} ({report.size[0]} x {report.size[1]}), "
+        f"LR by bicubic x{report.scale}; PSNR on Y of BT.601, border {report.scale}; "
+        "tOF in pixels (DIS flow)",
+        err=True,
+    )
+    if lpips_note:
+        click.echo(lpips_note + "; tLP needs it too", err=True)
+    document = report.to_dict()
+    if as_json:
+        document |= {"video": str(video), "model": None if bicubic_only else run.model}
+        click.echo(json.dumps(document, indent=2, allow_nan=False))
+        return
+    rows = [("", "psnr", "lpips", "tOF", "tLP")]
+    for label, prefix in (() if bicubic_only else (("model", ""),)) + (("bicubic", "bicubic_"),):
+        rows.append(
+            (
+                label,
+                _db(document[f"{prefix}psnr"]),
+                _ratio(document[f"{prefix}lpips"]),
+                _ratio(document[f"{prefix}tof"]),
+                _ratio(document[f"{prefix}tlp"]),
+            )
+        )
     print_table(rows)
 
 

@@ -28,7 +28,7 @@ from upscaler.export import (
     load_cached,
 )
 from upscaler.precision import resolve_precision
-from upscaler.runtimes import import_onnxruntime, installed
+from upscaler.system.runtimes import import_onnxruntime, installed
 from upscaler.values import Precision
 
 if TYPE_CHECKING:

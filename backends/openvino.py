@@ -35,7 +35,7 @@ from upscaler.backend import ClosingSession
 from upscaler.errors import BackendError, OutOfMemory
 from upscaler.export import INPUT_NAME, cached_onnx, default_cache_dir, load_cached
 from upscaler.precision import PrecisionChoice, choose_auto_precision, resolve_precision
-from upscaler.runtimes import import_openvino, installed
+from upscaler.system.runtimes import import_openvino, installed
 from upscaler.values import Precision
 
 if TYPE_CHECKING:

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from upscaler.allocator import MMAP_THRESHOLD
 from upscaler.backend import DEFAULT_BATCH, ClosingSession
 from upscaler.errors import BackendError, OutOfMemory
 from upscaler.precision import PrecisionChoice, choose_auto_precision, resolve_precision
+from upscaler.system.allocator import MMAP_THRESHOLD
 from upscaler.values import Precision
 
 if TYPE_CHECKING:

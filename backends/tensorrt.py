@@ -51,9 +51,9 @@ from upscaler.export import (
     cached_onnx,
     default_cache_dir,
 )
-from upscaler.files import write_bytes_atomically
 from upscaler.options import TileOptions
 from upscaler.precision import PrecisionChoice, choose_auto_precision, resolve_precision
+from upscaler.system.files import write_bytes_atomically
 from upscaler.values import Precision
 
 if TYPE_CHECKING:

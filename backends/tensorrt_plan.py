@@ -2,7 +2,7 @@
 
 Nothing here imports tensorrt, torch or CUDA, so all of it is tested on any machine.
 
-Profiles. The tiler (upscaler/tiling.py) sends tiles of one shape per frame: each side is
+Profiles. The tiler (upscaler/tiling/runner.py) sends tiles of one shape per frame: each side is
 `tile + 2 * context` (the context is the overlap, grown until the model accepts the side), or the
 whole padded frame side where that is shorter. So across portrait and landscape frames, small frames
 and the last tiles of a row (shifted inward, never cut short), every side lies between the smallest
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from upscaler.errors import BackendError, UpscaleError
-from upscaler.files import write_bytes_atomically
+from upscaler.system.files import write_bytes_atomically
 from upscaler.values import SizeRequirement
 
 Shape = tuple[int, int, int, int]

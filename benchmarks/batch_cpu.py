@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
-from upscaler.allocator import keep_freed_memory
 from upscaler.models import load_model
 from upscaler.options import BackendOptions, TileOptions
+from upscaler.system.allocator import keep_freed_memory
 from upscaler.upscaling import open_upscaler
 
 

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 import upscaler.video.encode as encoding
-from upscaler.allocator import keep_freed_memory
+from upscaler.system.allocator import keep_freed_memory
 from upscaler.video.decode import decode_frames
 from upscaler.video.probe import probe_video
 from upscaler.video.writer import PartWriter, quantize

@@ -22,7 +22,7 @@ import numpy as np
 
 
 def run_one(model: str, backend: str, width: int, height: int, frames: int, tile: str) -> None:
-    from upscaler.allocator import keep_freed_memory
+    from upscaler.system.allocator import keep_freed_memory
 
     keep_freed_memory()
     from upscaler.options import BackendOptions, TileOptions

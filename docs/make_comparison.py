@@ -17,10 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from upscaler.metrics import psnr, to_uint8
 from upscaler.models import list_models
 from upscaler.options import BackendOptions, TileOptions
-from upscaler.resampling import bicubic_resize
+from upscaler.quality.metrics import psnr, to_uint8
+from upscaler.quality.resampling import bicubic_resize
 from upscaler.upscaling import open_upscaler
 
 # (image, left, top, side) of each HR crop: the baboon's nose, the bridge's stonework and a zebra's stripes

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from upscaler.places import weights_dir
+from upscaler.system.places import weights_dir
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # The user's installed VGG19/LPIPS weights, for the slow tests on the real files; read before the

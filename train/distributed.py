@@ -2,7 +2,7 @@
 
 `torchrun --nproc-per-node N upscale train ...` starts N copies of the same command with RANK,
 WORLD_SIZE and LOCAL_RANK set. Each copy trains on its own slice of every global batch (see
-`train.data.IterationSampler`); DistributedDataParallel averages the gradients, so the networks stay
+`train.data.images.IterationSampler`); DistributedDataParallel averages the gradients, so the networks stay
 identical. The backend is NCCL on CUDA and gloo on the CPU. Only rank 0 validates and writes.
 """
 
@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from train.config import ConfigError
+from train.recipes.config import ConfigError
 
 
 @dataclass(frozen=True)

@@ -35,23 +35,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from train import distributed
-from train.card import earlier_commands, progress_line, write_card
-from train.checkpoint import (
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from train.config import to_toml
-from train.data import (
-    IterationSampler,
-    PatchDataset,
-    cache_bytes,
-    codec_bank,
-    load_validation,
-    scan_training_images,
-)
+from train.data.images import cache_bytes, scan_training_images
+from train.data.patches import IterationSampler, PatchDataset, codec_bank
+from train.data.validation import load_validation
 from train.ema import EMA
-from train.logs import CsvLog, TensorBoardLog, curves_image, sample_grid, write_png
 from train.losses import GANLoss, PerceptualLoss, PixelLoss
 from train.networks import (
     adam,
@@ -59,7 +46,15 @@ from train.networks import (
     load_pretrained,
     scheduler,
 )
-from train.schema import ConfigError, Recipe
+from train.recipes.config import to_toml
+from train.recipes.schema import ConfigError, Recipe
+from train.records.card import earlier_commands, progress_line, write_card
+from train.records.checkpoint import (
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from train.records.logs import CsvLog, TensorBoardLog, curves_image, sample_grid, write_png
 from train.start import preflight, schedule_note
 from train.steps import MixedPrecision, Objective, discriminator_step, generator_step
 from train.validation import SAMPLE_IMAGES, measure_bicubic, validate_images

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from train.schema import ConfigError, Recipe, SchedulerConfig
+from train.recipes.schema import ConfigError, Recipe, SchedulerConfig
 from upscaler.errors import ModelError
 from upscaler.models import find_model
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from upscaler.files import write_bytes_atomically
 from upscaler.models import read_weights, save_weights
 from upscaler.models.catalog import WEIGHTS_DIR
+from upscaler.system.files import write_bytes_atomically
 
 # Below what `upscale eval` prints (0.01 dB, 1e-4 SSIM): an fp16 file within these changes no figure.
 PSNR_TOLERANCE = 0.005

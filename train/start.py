@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from train.networks import build_discriminator, check_pretrained_config, load_pretrained, pretrained_path
-from train.schema import ConfigError, Recipe
+from train.recipes.schema import ConfigError, Recipe
+from train.records.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from upscaler.errors import InputError, OutputError
 from upscaler.models import build_model, read_weights
 

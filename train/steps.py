@@ -15,7 +15,7 @@ from torch import nn
 
 from train import distributed
 from train.losses import GANLoss, PerceptualLoss, PixelLoss
-from train.schema import LossConfig
+from train.recipes.schema import LossConfig
 
 
 @dataclass

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from upscaler.metrics import psnr, ssim, to_uint8
+from upscaler.quality.metrics import psnr, ssim, to_uint8
 from upscaler.values import SizeRequirement
 
 # How many validation images samples.png shows.
@@ -18,7 +18,7 @@ def upscale_whole(
     network: nn.Module, lq: np.ndarray, scale: int, device: torch.device, requirement: SizeRequirement
 ) -> np.ndarray:
     """SR of an H x W x 3 image; padded at the bottom and right to a size the network takes, as the
-    inference pipeline pads (`upscaler.tiling`), and the padding's output cropped off."""
+    inference pipeline pads (`upscaler.tiling.runner`), and the padding's output cropped off."""
     height, width = lq.shape[:2]
     image = lq.transpose(2, 0, 1)
     for axis, size in ((1, height), (2, width)):

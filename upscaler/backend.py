@@ -74,7 +74,7 @@ def reused_bytes(session: Session) -> int:
     allocator). Eager PyTorch on the CPU allocates every activation afresh from malloc, which hands
     blocks above its mmap threshold back to the kernel on free: the next call faults them in again,
     zeroed page by page. The tiler keeps activations below this size where that costs less than the
-    faults would (upscaler.tiles.choose_tile_shape)."""
+    faults would (upscaler.tiling.layout.choose_tile_shape)."""
     value = getattr(session, "reused_bytes", None)
     return value if isinstance(value, int) and value > 0 else 0
 

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from upscaler.errors import BackendError, ModelError, OutputError, UpscaleError
-from upscaler.files import write_atomically
-from upscaler.places import cache_dir
+from upscaler.system.files import write_atomically
+from upscaler.system.places import cache_dir
 from upscaler.values import Precision
 
 T = TypeVar("T")
@@ -67,7 +67,7 @@ class OnnxExport:
 
 
 def default_cache_dir() -> Path:
-    """Where exported graphs and engines are kept (`upscaler.places.cache_dir`)."""
+    """Where exported graphs and engines are kept (`upscaler.system.places.cache_dir`)."""
     return cache_dir()
 
 
@@ -316,7 +316,7 @@ def compare_with_torch(model: LoadedModel, path: str | Path, batch: np.ndarray) 
     import numpy as np
     import torch
 
-    from upscaler.runtimes import import_onnxruntime
+    from upscaler.system.runtimes import import_onnxruntime
 
     try:
         onnxruntime = import_onnxruntime()

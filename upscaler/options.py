@@ -26,7 +26,7 @@ class TileOptions:
     """How frames are cut into tiles.
 
     tile_size: the side of a tile in input pixels, or None to plan the tiles that read the fewest pixels
-    within `memory_budget` bytes (`upscaler.tiles.choose_tile_shape`); overlap: input pixels each tile
+    within `memory_budget` bytes (`upscaler.tiling.layout.choose_tile_shape`); overlap: input pixels each tile
     reads beyond the part it owns, on every side, or None for the model's own hint (about its receptive
     field); batch_size: tiles per batch, or None for what the backend's session runs fastest with
     (`upscaler.backend.preferred_batch`).

@@ -12,7 +12,8 @@ from upscaler.backend import Session, get_backend, largest_input, preferred_batc
 from upscaler.errors import UpscaleError
 from upscaler.models import LoadedModel, load_model
 from upscaler.options import BackendOptions, TileOptions
-from upscaler.tiling import Finish, Tiler
+from upscaler.tiling.runner import Tiler
+from upscaler.tiling.stitch import Finish
 
 K = TypeVar("K")
 

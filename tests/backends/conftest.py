@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from upscaler.places import CACHE_ENV
+from upscaler.system.places import CACHE_ENV
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ from backends.tensorrt_plan import (
     write_sidecar,
 )
 from upscaler.errors import BackendError, UpscaleError
-from upscaler.tiling import Tiler
+from upscaler.tiling.runner import Tiler
 from upscaler.values import SizeRequirement
 
 

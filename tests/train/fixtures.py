@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from train.config import Recipe, load_table, merge, resolve
+from train.recipes.config import Recipe, load_table, merge, resolve
 
 # Tiny generators per architecture: a few thousand parameters, milliseconds per step.
 TINY_MODELS = {

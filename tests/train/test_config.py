@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from train.config import (
+from train.recipes.config import (
     ConfigError,
     check,
     load_table,

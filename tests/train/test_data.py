@@ -12,14 +12,9 @@ import torch
 
 from tests.conftest import shared_data
 from tests.train.fixtures import make_images
-from train.data import (
-    IterationSampler,
-    PatchDataset,
-    cache_bytes,
-    downscale,
-    load_validation,
-    scan_training_images,
-)
+from train.data.images import cache_bytes, downscale, scan_training_images
+from train.data.patches import IterationSampler, PatchDataset
+from train.data.validation import load_validation
 from upscaler.errors import InputError
 
 

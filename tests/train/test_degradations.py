@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 
 from tests.train.fixtures import make_images, random_vgg, tiny_recipe
-from train.config import ConfigError, load_table, resolve
-from train.data import PatchDataset, scan_training_images
+from train.data.images import scan_training_images
+from train.data.patches import PatchDataset
 from train.degradations import kernels
 from train.degradations.bank import bank_side, build_bank, cached_bank
 from train.degradations.benchmark import BenchmarkDegradation, degrade_image, make_degraded_set
 from train.degradations.chain import gaussian_noise, jpeg, poisson_noise, resize, second_order
 from train.degradations.codec import encode_decode, encode_image
 from train.degradations.settings import DegradationConfig
+from train.recipes.config import ConfigError, load_table, resolve
 from upscaler.errors import InputError
 
 
@@ -179,7 +180,7 @@ def test_second_order_gives_the_lr_size_and_depends_only_on_the_seed() -> None:
 
 
 def test_degraded_lr_is_further_from_the_truth_than_the_clean_one() -> None:
-    from upscaler.resampling import bicubic_resize
+    from upscaler.quality.resampling import bicubic_resize
 
     hr = scene(128)
     clean = bicubic_resize(hr, 32, 32)

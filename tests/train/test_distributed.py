@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from tests.train.fixtures import make_images, tiny_recipe
-from train.checkpoint import list_checkpoints, load_checkpoint
 from train.distributed import Distributed, from_environment
 from train.loop import train
+from train.records.checkpoint import list_checkpoints, load_checkpoint
 
 UPSCALE = Path(sys.executable).parent / "upscale"
 
@@ -105,8 +105,8 @@ def test_two_cpu_processes_train_a_gan(tmp_path: Path) -> None:
 )
 def test_a_device_torch_cannot_use_is_a_config_error(requested: str, message: str) -> None:
     # these were internal errors with torch's own wording
-    from train.config import ConfigError
     from train.distributed import device_for
+    from train.recipes.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         device_for(Distributed(), requested)
@@ -114,8 +114,8 @@ def test_a_device_torch_cannot_use_is_a_config_error(requested: str, message: st
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_a_gpu_says_so() -> None:
-    from train.config import ConfigError
     from train.distributed import device_for
+    from train.recipes.config import ConfigError
 
     for requested in ("cuda", "cuda:1"):
         with pytest.raises(ConfigError, match=f"train.device: {requested} asked for, but .* no CUDA GPU"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from train.logs import CsvLog, TensorBoardLog, curves_image, sample_grid, write_png
+from train.records.logs import CsvLog, TensorBoardLog, curves_image, sample_grid, write_png
 
 
 def test_csv_on_resume_drops_rows_after_the_checkpoint(tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tests.train.fixtures import make_images, random_vgg, tiny_recipe
-from train.checkpoint import list_checkpoints, load_checkpoint
-from train.config import ConfigError
 from train.loop import train
+from train.recipes.config import ConfigError
+from train.records.checkpoint import list_checkpoints, load_checkpoint
 from upscaler.errors import InputError, ModelError, OutputError
 from upscaler.models import load_model
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.train.fixtures import make_images, random_vgg, tiny_recipe
-from train.config import ConfigError
 from train.loop import train
+from train.recipes.config import ConfigError
 from upscaler.models import load_model
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from train.logs import TensorBoardLog
+from train.records.logs import TensorBoardLog
 
 pytest.importorskip("tensorboard", reason="tensorboard is optional: pip install 'upscaler[train]'")
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from upscaler import allocator
+from upscaler.system import allocator
 
 
 class FakeLibc:

@@ -15,7 +15,7 @@ from tests.conftest import shared_data, tiny_weights
 from upscaler.cli import cli
 from upscaler.export import read_onnx_metadata
 from upscaler.models import load_model
-from upscaler.places import CACHE_ENV
+from upscaler.system.places import CACHE_ENV
 
 HAS_TENSORRT = torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
 

@@ -11,9 +11,9 @@ import pytest
 
 from tests.conftest import shared_data
 from upscaler.errors import InputError, UpscaleError
-from upscaler.evaluation import EvalProgress, evaluate_pairs, load_eval_set
-from upscaler.metrics import psnr, to_uint8
-from upscaler.resampling import bicubic_resize
+from upscaler.quality.evaluation import EvalProgress, evaluate_pairs, load_eval_set
+from upscaler.quality.metrics import psnr, to_uint8
+from upscaler.quality.resampling import bicubic_resize
 
 
 def write(path: Path, pixels: np.ndarray) -> Path:
@@ -197,8 +197,8 @@ def test_folder_errors(tmp_path: Path) -> None:
 
 
 def test_one_pairing_rule_for_eval_and_training() -> None:
-    from train.data import pair_key as training_key
-    from upscaler.evaluation import pair_key
+    from train.data.images import pair_key as training_key
+    from upscaler.quality.evaluation import pair_key
 
     assert training_key is pair_key
     pairs = [

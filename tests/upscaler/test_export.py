@@ -26,9 +26,9 @@ from upscaler.export import (
     find_fp16_overflows,
     read_onnx_metadata,
 )
-from upscaler.files import write_bytes_atomically
 from upscaler.models import build_model, load_model, save_weights
-from upscaler.places import CACHE_ENV
+from upscaler.system.files import write_bytes_atomically
+from upscaler.system.places import CACHE_ENV
 from upscaler.values import Precision
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from upscaler.errors import OutputError
-from upscaler.files import write_atomically, write_bytes_atomically
+from upscaler.system.files import write_atomically, write_bytes_atomically
 
 
 def test_the_file_appears_only_when_the_block_ends(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from upscaler.metrics import gaussian_window, psnr, rgb_to_y, ssim, to_uint8
+from upscaler.quality.metrics import gaussian_window, psnr, rgb_to_y, ssim, to_uint8
 
 
 def flat(value: int, shape=(32, 32, 3)) -> np.ndarray:

@@ -15,7 +15,7 @@ from tests.upscaler import video_clips as clips
 from upscaler.errors import OutputError
 from upscaler.video.decode import decode_frames
 from upscaler.video.encode import EncodeSettings, resolve_encoding
-from upscaler.video.mux import mux_output
+from upscaler.video.mux.output import mux_output
 from upscaler.video.probe import VideoInfo, probe_video
 from upscaler.video.writer import PartWriter
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from upscaler.resampling import bicubic_resize
+from upscaler.quality.resampling import bicubic_resize
 
 
 def cubic(x: float, a: float = -0.5) -> float:

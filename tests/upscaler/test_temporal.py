@@ -13,8 +13,8 @@ from tests.conftest import tiny_weights
 from tests.upscaler.video_clips import write_clip
 from upscaler.cli import cli
 from upscaler.errors import InputError
-from upscaler.resampling import bicubic_resize
-from upscaler.temporal import evaluate_clip, optical_flow, read_frames
+from upscaler.quality.resampling import bicubic_resize
+from upscaler.quality.temporal import evaluate_clip, optical_flow, read_frames
 
 
 def pan(count: int = 6, size: int = 64, step: int = 2) -> list[np.ndarray]:

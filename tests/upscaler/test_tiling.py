@@ -7,8 +7,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from upscaler.errors import BackendError, OutOfMemory, UpscaleError
-from upscaler.tiles import choose_tile_shape, context_pixels, plan_tiles
-from upscaler.tiling import Tiler, _Work, upscale_tiled
+from upscaler.tiling.layout import choose_tile_shape, context_pixels, plan_tiles
+from upscaler.tiling.runner import Tiler, upscale_tiled
+from upscaler.tiling.stitch import FrameWork
 from upscaler.values import SizeRequirement
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -531,7 +532,7 @@ def test_weights_are_summed_only_where_the_ramps_do_not_add_up_to_one(tile, over
     # Ramps add up to 1 across each boundary unless a tile owns less than the overlap; only then is a
     # plane of weight sums kept and divided by. Both give the model's untiled output.
     image = random_image(100, 90)
-    work = _Work(0, image, 100, 90, (tile, tile), overlap, plan_tiles(100, 90, tile, overlap), 2)
+    work = FrameWork(0, image, 100, 90, (tile, tile), overlap, plan_tiles(100, 90, tile, overlap), 2)
     assert work._weighed is weighed
     tiler = Tiler(nearest(2), 2, SizeRequirement(), tile=tile, overlap=overlap, batch_size=3)
     np.testing.assert_allclose(tiler.upscale(image), upscale_nearest(image, 2), rtol=0, atol=1e-6)

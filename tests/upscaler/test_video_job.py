@@ -20,17 +20,17 @@ from tests.upscaler import video_checks as check
 from tests.upscaler import video_clips as clips
 from upscaler.errors import InputError, OutputError, UpscaleError
 from upscaler.pipeline import StageError
-from upscaler.tiling import Tiler
+from upscaler.tiling.runner import Tiler
 from upscaler.values import SizeRequirement
 from upscaler.video import job as video_job
-from upscaler.video import lock as video_lock
-from upscaler.video import parts as video_parts
 from upscaler.video.encode import EncodeSettings
 from upscaler.video.events import Note, Progress
 from upscaler.video.job import run_video_job
-from upscaler.video.journal import Journal, PartRecord, read_journal, write_journal
-from upscaler.video.lock import hold_output
 from upscaler.video.plan import plan_video_job
+from upscaler.video.resume import lock as video_lock
+from upscaler.video.resume import parts as video_parts
+from upscaler.video.resume.journal import Journal, PartRecord, read_journal, write_journal
+from upscaler.video.resume.lock import hold_output
 
 LOSSLESS = EncodeSettings(codec="ffv1")
 KEY = {"model": "nearest-x2"}
@@ -64,7 +64,7 @@ def plan(source: Path, destination: Path, **options):
 _HOLDER = """
 import sys
 from pathlib import Path
-from upscaler.video.lock import hold_output
+from upscaler.video.resume.lock import hold_output
 with hold_output(Path(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.read()

@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from upscaler.video.transcode import ASS_HEADER
+from upscaler.video.mux.transcode import ASS_HEADER
 
 # 100% colour bars (white, yellow, cyan, green, magenta, red, blue, black), 8-bit RGB.
 BARS: tuple[tuple[int, int, int], ...] = (

@@ -23,7 +23,7 @@ from train.degradations.chain import blur, random_blur_kernel, random_noise, res
 from train.degradations.codec import encode_decode
 from train.degradations.settings import RESIZE_MODES, DegradationConfig
 from upscaler.errors import InputError
-from upscaler.files import write_bytes_atomically
+from upscaler.system.files import write_bytes_atomically
 
 # Bumped when the way a bank is made changes, so no run reads a bank made the old way.
 BANK_VERSION = 1

@@ -20,8 +20,8 @@ from train.degradations.chain import blur, gaussian_noise
 from train.degradations.codec import encode_image
 from train.degradations.kernels import gaussian_kernel
 from upscaler.errors import InputError
-from upscaler.files import write_bytes_atomically
-from upscaler.resampling import bicubic_resize, mod_crop
+from upscaler.quality.resampling import bicubic_resize, mod_crop
+from upscaler.system.files import write_bytes_atomically
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def make_degraded_set(
 ) -> list[str]:
     """Write `destination`/HR and `destination`/LR_x<scale> from the HR images of set folder `source`
     (its HR/ when it has one); returns the names written. Each file is written whole or not at all."""
-    from train.data import decode, find_images
+    from train.data.images import decode, find_images
 
     source, destination = Path(source), Path(destination)
     hr_folder = source / "HR" if (source / "HR").is_dir() else source

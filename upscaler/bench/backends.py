@@ -110,9 +110,9 @@ def measure_quality(
     tile_options: TileOptions,
     data: Path,
 ) -> QualityRun:
-    """Mean PSNR / SSIM of the model in fp32 and in bf16 on the set in `data` (upscaler.evaluation)."""
+    """Mean PSNR / SSIM of the model in fp32 and in bf16 on the set in `data` (as `upscale eval`)."""
     from upscaler.backend import get_backend
-    from upscaler.evaluation import evaluate_pairs, load_eval_set
+    from upscaler.quality.evaluation import evaluate_pairs, load_eval_set
     from upscaler.upscaling import open_upscaler
 
     # Chosen as for bf16: both precisions run on the one backend, and for an fp32 RRDBNet on the CPU

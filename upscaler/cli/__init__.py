@@ -69,7 +69,7 @@ class UpscaleGroup(click.Group):
         except Exception as exc:
             if _debug(ctx):
                 traceback.print_exc()
-            from upscaler.files import is_disk_full
+            from upscaler.system.files import is_disk_full
 
             if is_disk_full(exc):  # not a bug: say what happened
                 click.echo(f"Error: no space left on the device: {exc}", err=True)

@@ -66,8 +66,8 @@ def eval_command(
     LPIPS (lower is better) on the whole 8-bit RGB image, where its weights are installed.
     """
     from upscaler.errors import InputError
-    from upscaler.evaluation import check_eval_folder, evaluate_pairs, load_eval_set
     from upscaler.models import load_model
+    from upscaler.quality.evaluation import check_eval_folder, evaluate_pairs, load_eval_set
     from upscaler.upscaling import open_upscaler
 
     if bicubic_only and click.get_current_context().get_parameter_source("model").name != "DEFAULT":
@@ -143,7 +143,7 @@ def _eval_video(video, frames, scale, as_json, bicubic_only, no_progress, lpips,
 
     from upscaler.errors import InputError
     from upscaler.models import load_model
-    from upscaler.temporal import evaluate_clip, read_frames
+    from upscaler.quality.temporal import evaluate_clip, read_frames
     from upscaler.upscaling import open_upscaler
 
     if not video.is_file():

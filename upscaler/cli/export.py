@@ -70,7 +70,7 @@ def export_onnx(output: Path, model: str, precision: str, overwrite: bool, verif
         click.echo(f"kept in fp32 (activations near fp16's range): {', '.join(result.fp32_layers)}")
     if not verify:
         return
-    from upscaler.runtimes import installed
+    from upscaler.system.runtimes import installed
 
     if not installed("onnxruntime"):
         click.echo("not verified: onnxruntime is not installed (pip install 'upscaler[onnx]')")

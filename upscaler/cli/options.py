@@ -73,12 +73,12 @@ def model_options(func):
         memory_budget,
         **kwargs,
     ):
-        from upscaler.allocator import keep_freed_memory
         from upscaler.options import BackendOptions, TileOptions
+        from upscaler.system.allocator import keep_freed_memory
         from upscaler.values import Precision
 
         # Before the model allocates anything: eager inference otherwise page-faults its activations
-        # back in on every batch (upscaler/allocator.py). UPSCALER_MALLOC=system opts out.
+        # back in on every batch (upscaler/system/allocator.py). UPSCALER_MALLOC=system opts out.
         keep_freed_memory()
         run = ModelRun(
             model=model,

@@ -123,7 +123,7 @@ def train(
     Under `torchrun --nproc-per-node N upscale train ...` each process takes its share of every
     batch (DistributedDataParallel; gloo on CPU, NCCL on CUDA).
     """
-    from train.config import (
+    from train.recipes.config import (
         ConfigError,
         load_table,
         merge,

@@ -127,8 +127,8 @@ def video(
     from upscaler.upscaling import open_upscaler
     from upscaler.video.encode import EncodeSettings
     from upscaler.video.job import run_video_job
-    from upscaler.video.lock import hold_output
     from upscaler.video.plan import plan_video_job, run_key
+    from upscaler.video.resume.lock import hold_output
 
     # SVT-AV1 prints a banner of a dozen lines on every encoder it opens (each part opens one); its
     # svtav1-params have no log level, only this variable: errors only, unless the user set it.

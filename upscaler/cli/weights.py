@@ -42,7 +42,7 @@ def list_weights() -> None:
     """Which weights are installed, and where."""
     from upscaler.models.lpips import LPIPS_FILE
     from upscaler.models.vgg import KERAS_VGG19_FILE
-    from upscaler.places import weights_dir
+    from upscaler.system.places import weights_dir
 
     folder = weights_dir()
     for name, file in (("vgg19", KERAS_VGG19_FILE), ("lpips", LPIPS_FILE)):

@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image
 
 from upscaler.errors import InputError, OutputError
-from upscaler.files import write_atomically
 from upscaler.picture import Picture
+from upscaler.system.files import write_atomically
 
 # Suffix (lowercase, with the dot) -> the format's name, which is also the suffix OpenCV encodes by.
 _FORMATS: dict[str, str] = {

@@ -23,11 +23,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from upscaler.errors import InputError, OutputError, UpscaleError
-from upscaler.files import remove_stale_temporaries
 from upscaler.image.folder import ImageTask, OutputPlan
 from upscaler.image.formats import EncodeOptions, read_image, write_image
 from upscaler.picture import Picture, Upscale, upscale_picture
 from upscaler.pipeline import StageError, StageNames, run_pipeline
+from upscaler.system.files import remove_stale_temporaries
 
 _QUEUE_SIZE = 2
 _STAGE_NAMES = StageNames(decode="read", infer="upscale", encode="write")

@@ -22,7 +22,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from upscaler.errors import ModelError, OutputError
-from upscaler.files import write_atomically
 from upscaler.models.catalog import MODELS, find_model
 from upscaler.models.registry import (
     ARCHITECTURES,
@@ -31,6 +30,7 @@ from upscaler.models.registry import (
     detect_architecture,
     get_architecture,
 )
+from upscaler.system.files import write_atomically
 from upscaler.values import SizeRequirement
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from torch import nn
 
 from upscaler.errors import ModelError
-from upscaler.places import weights_dir
+from upscaler.system.places import weights_dir
 
 LPIPS_FILE = "lpips-alex-v0.1.safetensors"
 INSTALL_HINT = "run `upscale weights install lpips`"

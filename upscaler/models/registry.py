@@ -292,7 +292,7 @@ class Architecture:
 
 
 # Overlap caps. An overlap of twice the receptive-field radius makes tiling exact (see
-# upscaler/tiling.py), and the tiny nets in the tests get exactly that. The published depths reach far
+# upscaler/tiling/runner.py), and the tiny nets in the tests get exactly that. The published depths reach far
 # further in theory (compact-16: 18 pixels, SRResNet-16: 40, RRDBNet-23: 349), while a trained net's
 # effective receptive field is much smaller than its theoretical one (Luo et al., NeurIPS 2016): the
 # weight of a pixel falls off quickly with distance. Overlap costs time quadratically, so the caps are a

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from upscaler.errors import ModelError
-from upscaler.files import write_bytes_atomically
 from upscaler.models.lpips import LPIPS_FILE, expected_shapes
 from upscaler.models.vgg import KERAS_VGG19_FILE
-from upscaler.places import weights_dir
+from upscaler.system.files import write_bytes_atomically
+from upscaler.system.places import weights_dir
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from torch import nn
 
 from upscaler.errors import ModelError
 from upscaler.models.loading import SUFFIXES, read_weights
-from upscaler.places import weights_dir
+from upscaler.system.places import weights_dir
 
 # Output channels of each conv, per block; every block ends with a 2x2 max pooling.
 _BLOCKS = ((64, 64), (128, 128), (256, 256, 256, 256), (512, 512, 512, 512), (512, 512, 512, 512))

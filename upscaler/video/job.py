@@ -8,7 +8,7 @@ thread; an upscaler with `upscale_stream` fills its batches with tiles of consec
 it into *parts*: small video-only files in a work folder beside the output. A part is closed once it
 holds `part_frames` frames (or spans `part_seconds`) and the next decoded frame is a keyframe, which
 starts the next part; so part boundaries depend only on the frames. Each finished part is recorded in
-the journal (`upscaler.video.journal`). Running the same plan again skips the finished parts: decoding
+the journal (`upscaler.video.resume.journal`). Running the same plan again skips the finished parts: decoding
 resumes after the last finished pts and produces the very parts a clean run would have. When every part
 is done, the parts' video and the source's audio, subtitles, metadata, chapters and rotation are muxed
 into a temporary file beside the output, which is renamed onto it; then the work folder is removed. If
@@ -32,16 +32,16 @@ from typing import Protocol, TypeVar, runtime_checkable
 import numpy as np
 
 from upscaler.errors import InputError, OutputError, UpscaleError
-from upscaler.files import free_bytes, is_disk_full, megabytes
 from upscaler.picture import Picture, upscale_picture
 from upscaler.pipeline import InferStream, run_pipeline
+from upscaler.system.files import free_bytes, is_disk_full, megabytes
 from upscaler.video.decode import VideoFrame, decode_frames
 from upscaler.video.events import Event, Note, VideoReport
-from upscaler.video.journal import Journal, write_journal
-from upscaler.video.lock import clear_work_dir, hold_output
-from upscaler.video.mux import mux_output
-from upscaler.video.parts import PartSink, Upscaled, open_journal
+from upscaler.video.mux.output import mux_output
 from upscaler.video.plan import VideoPlan
+from upscaler.video.resume.journal import Journal, write_journal
+from upscaler.video.resume.lock import clear_work_dir, hold_output
+from upscaler.video.resume.parts import PartSink, Upscaled, open_journal
 from upscaler.video.writer import level_dtype, quantize, row_quantizer
 
 Upscale = Callable[[np.ndarray], np.ndarray]
@@ -53,7 +53,7 @@ class UpscaleStream(Protocol):
     """An upscaler that takes frames as a stream, to batch tiles of consecutive frames together
     (`upscaler.upscaling.Upscaler`): (key, H x W x 3 float32) pairs in, (key, upscaled) pairs out, one
     per frame and in order. Each upscaled frame is a new array (or a view of one, in any memory layout)
-    that the job may overwrite; with `finish` (see upscaler.tiling.Finish), what `finish` made of the
+    that the job may overwrite; with `finish` (see upscaler.tiling.runner.Finish), what `finish` made of the
     frame's rows."""
 
     def upscale_stream(

@@ -27,9 +27,9 @@ from upscaler.errors import InputError, OutputError
 from upscaler.options import BackendOptions, TileOptions
 from upscaler.picture import round_half_up
 from upscaler.video.encode import EncodeSettings, Encoding, bound_lookahead, frame_size, resolve_encoding
-from upscaler.video.journal import JOURNAL_NAME, JOURNAL_VERSION
-from upscaler.video.lock import work_dir_for
 from upscaler.video.probe import VideoInfo, probe_video
+from upscaler.video.resume.journal import JOURNAL_NAME, JOURNAL_VERSION
+from upscaler.video.resume.lock import work_dir_for
 
 # A part of about ten seconds at 25 fps: small enough that a crash loses little, large enough that the
 # encoder's look-ahead and rate control barely notice the cuts.

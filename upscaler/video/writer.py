@@ -53,7 +53,7 @@ def quantize(rgb: np.ndarray, bits: int, *, in_place: bool = False) -> np.ndarra
 
 
 def row_quantizer(bits: int) -> Callable[[np.ndarray], np.ndarray]:
-    """A tiler `finish` (upscaler.tiling.Finish): C x rows x W float32 rows, which it may overwrite,
+    """A tiler `finish` (upscaler.tiling.runner.Finish): C x rows x W float32 rows, which it may overwrite,
     -> rows x W x C levels for an encoding of `bits` bits (see `quantize`)."""
 
     def finish(rows: np.ndarray) -> np.ndarray:

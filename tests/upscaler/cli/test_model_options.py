@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import tiny_weights
-from upscaler import allocator, precision
+from upscaler import precision
 from upscaler.cli import cli
+from upscaler.system import allocator
 
 
 @pytest.fixture

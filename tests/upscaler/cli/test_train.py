@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from tests.train.fixtures import make_images
-from train.config import check, read_config_file
+from train.recipes.config import check, read_config_file
 from upscaler.cli import cli
 from upscaler.models import load_model
 

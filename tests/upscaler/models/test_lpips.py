@@ -110,7 +110,7 @@ def test_loads_its_file_and_refuses_others(tmp_path: Path, monkeypatch: pytest.M
 def test_the_installed_weights_give_the_literatures_bicubic_figure_on_set5() -> None:
     """Bicubic x4 on Set5 reads 0.3406 with LPIPS v0.1 AlexNet, as the SR literature prints it."""
     from tests.conftest import REAL_WEIGHTS_DIR, shared_data
-    from upscaler.evaluation import evaluate_pairs, load_eval_set
+    from upscaler.quality.evaluation import evaluate_pairs, load_eval_set
 
     path = REAL_WEIGHTS_DIR / LPIPS_FILE
     if not path.is_file():

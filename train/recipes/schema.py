@@ -1,6 +1,6 @@
 """The shape of a training recipe: its sections as frozen dataclasses, and the choices each key allows.
 
-Parsing, merging overrides and checking values into these classes is `train.config`'s work.
+Parsing, merging overrides and checking values into these classes is `train.recipes.config`'s work.
 """
 
 from __future__ import annotations

@@ -16,9 +16,16 @@ import numpy as np
 
 from upscaler.errors import OutputError
 from upscaler.video.events import Event, Note, Progress
-from upscaler.video.journal import Journal, PartRecord, part_problem, read_journal, seal_part, write_journal
-from upscaler.video.lock import clear_work_dir
 from upscaler.video.plan import VideoPlan
+from upscaler.video.resume.journal import (
+    Journal,
+    PartRecord,
+    part_problem,
+    read_journal,
+    seal_part,
+    write_journal,
+)
+from upscaler.video.resume.lock import clear_work_dir
 from upscaler.video.writer import PartWriter
 
 

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from upscaler.errors import InputError
-from upscaler.evaluation import Distance, EvalProgress, Upscale
-from upscaler.metrics import psnr, to_uint8
-from upscaler.resampling import bicubic_resize, mod_crop
+from upscaler.quality.evaluation import Distance, EvalProgress, Upscale
+from upscaler.quality.metrics import psnr, to_uint8
+from upscaler.quality.resampling import bicubic_resize, mod_crop
 
 
 def read_frames(path: Path, limit: int | None = None) -> Iterator[np.ndarray]:

@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from upscaler.files import write_bytes_atomically
-from upscaler.metrics import to_uint8
+from upscaler.quality.metrics import to_uint8
+from upscaler.system.files import write_bytes_atomically
 
 _COLOURS = [(0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0), (86, 180, 233)]
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from train.schema import Recipe
-from upscaler.files import write_bytes_atomically
+from train.recipes.schema import Recipe
+from upscaler.system.files import write_bytes_atomically
 
 
 def write_card(

@@ -56,8 +56,8 @@ def _axis_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int, int,
 
 
 # Eager PyTorch on the CPU page-faults afresh every activation bigger than glibc's largest mmap threshold
-# (upscaler/allocator.py), on every call. Measured at 1280x720 (compact, fp32, 2 cores): one whole-frame
-# tile took 9.0 s, 15 of its 51 CPU seconds in the kernel; 330-pixel tiles (236 MB activations down to
+# (upscaler/system/allocator.py), on every call. Measured at 1280x720 (compact, fp32, 2 cores): one whole
+# frame tile took 9.0 s, 15 of its 51 CPU seconds in the kernel; 330-pixel tiles (236 MB activations down to
 # 34 MB) read 1.71 times the pixels in 11.0 s, almost none of it in the kernel: 1.4 times as fast a
 # pixel. So where activations are not reused, a window is counted as this many times its pixels.
 FAULT_COST = 1.4

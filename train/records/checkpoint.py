@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from upscaler.errors import InputError, ModelError, OutputError
-from upscaler.files import write_atomically
+from upscaler.system.files import write_atomically
 
 _NAME = re.compile(r"iter_(\d+)\.pt")
 

@@ -3,7 +3,7 @@
 A set is either a folder of HR images (LR made here with MATLAB-compatible bicubic, rounded to
 8 bits as a saved benchmark LR file is), or a folder with `HR/` and `LR_x<scale>/` side by side (as
 the classic Set5 / Set14 releases). Each SR output is rounded to 8 bits and scored against the HR with
-`upscaler.metrics` (Y of BT.601, `scale` pixels of border cropped); means are over images, in dB for
+`upscaler.quality.metrics` (Y of BT.601, `scale` pixels of border cropped); means are over images, in dB for
 PSNR, as BasicSR reports them. A grayscale image is scored as RGB with three equal channels.
 With a perceptual distance (LPIPS, `upscaler.models.lpips`), it is measured on the whole 8-bit RGB
 image (no border cropped), for the model and bicubic alike; lower is better.
@@ -23,8 +23,8 @@ import numpy as np
 from upscaler.errors import InputError, UpscaleError
 from upscaler.image.folder import find_images
 from upscaler.image.formats import read_image
-from upscaler.metrics import SSIM_WINDOW, psnr, ssim, to_uint8
-from upscaler.resampling import bicubic_resize, mod_crop
+from upscaler.quality.metrics import SSIM_WINDOW, psnr, ssim, to_uint8
+from upscaler.quality.resampling import bicubic_resize, mod_crop
 
 Upscale = Callable[[np.ndarray], np.ndarray]
 # A perceptual distance of two H x W x 3 float RGB images in [0, 1] (LPIPS).

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from upscaler.errors import OutputError
-from upscaler.files import write_bytes_atomically
+from upscaler.system.files import write_bytes_atomically
 
 # 2: parts carry their size and sha256, checked on resume (1 had neither: such a journal is discarded).
 JOURNAL_VERSION = 2

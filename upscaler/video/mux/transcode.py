@@ -10,7 +10,7 @@ from fractions import Fraction
 import av
 import av.error
 
-from upscaler.video.tags import stream_tags
+from upscaler.video.mux.tags import stream_tags
 
 AUDIO_TARGET = {
     "mp4": "aac",
@@ -111,3 +111,7 @@ class SubtitleTranscoder:
 
     def flush(self) -> list[av.Packet]:
         return []  # each cue is encoded as it arrives; nothing is held back
+
+
+# Either transcoder: what the mux holds per converted stream.
+Transcoder = AudioTranscoder | SubtitleTranscoder

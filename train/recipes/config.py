@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from train.degradations.settings import DegradationConfig, DegradationError, check_degradation
-from train.schema import (
+from train.recipes.schema import (
     DISCRIMINATORS,
     GAN_LOSSES,
     PIXEL_LOSSES,

@@ -1,0 +1,1 @@
+"""Training data: the image files (`images`), the training patches and their sampler (`patches`)."""

@@ -18,7 +18,6 @@ Run directory:
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -31,12 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from train import distributed
-from train.data.images import cache_bytes, scan_training_images
-from train.data.patches import IterationSampler, PatchDataset, codec_bank
+from train.data.loader import training_loader
 from train.data.validation import load_validation
 from train.ema import EMA
 from train.losses import GANLoss, PerceptualLoss, PixelLoss
@@ -132,58 +129,8 @@ def train(
     validation = []
     if data_cfg.val and place.is_main:
         validation = load_validation(Path(data_cfg.val), scale)
-    images = scan_training_images(
-        [Path(folder) for folder in data_cfg.hr],
-        Path(data_cfg.lq) if data_cfg.lq else None,
-        Path(data_cfg.gt) if data_cfg.gt else None,
-        scale,
-        data_cfg.patch_size,
-    )
-    if images.skipped:
-        report(
-            f"Skipping {len(images.skipped)} images smaller than the {data_cfg.patch_size}-pixel crop: "
-            + ", ".join(images.skipped[:8])
-            + (f" and {len(images.skipped) - 8} more" if len(images.skipped) > 8 else "")
-        )
-    needed = cache_bytes(images, scale)
-    cache = needed <= data_cfg.cache_gib * 1024**3
-    report(
-        f"{images.files} training images; "
-        + (
-            f"decoded once and kept in memory ({needed / 1024**2:.0f} MiB)."
-            if cache
-            else f"decoded at each use ({needed / 1024**3:.1f} GiB would exceed data.cache_gib)."
-        )
-    )
-    dataset = PatchDataset(
-        images,
-        scale,
-        data_cfg.patch_size,
-        cfg.seed,
-        data_cfg.flip,
-        data_cfg.rotate,
-        cache=cache,
-        degradation=recipe.degradation,
-    )
-    if recipe.degradation is not None and recipe.degradation.codec_prob > 0:
-        dataset.bank = codec_bank(dataset, images, recipe, report)
-    # Samples do not depend on which process makes them, so fewer workers than asked changes nothing
-    # but the speed; more processes than CPUs only fight over them.
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = min(data_cfg.workers, cpus)
-    if workers < data_cfg.workers:
-        report(
-            f"data.workers is {data_cfg.workers}, but this process may use {workers} CPUs: using {workers}."
-        )
     start = checkpoint["iteration"] if checkpoint else 0
-    sampler = IterationSampler(start, data_cfg.batch_size, place.rank, place.world_size)
-    loader = DataLoader(
-        dataset,
-        batch_size=data_cfg.batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-    )
+    images, loader, sampler = training_loader(recipe, start, place.rank, place.world_size, device, report)
 
     # --- networks, optimisers, schedules ------------------------------------------------------------
     torch.manual_seed(cfg.seed)

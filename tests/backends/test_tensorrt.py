@@ -51,7 +51,9 @@ def test_build_and_open_raise_the_check_problem(model, monkeypatch: pytest.Monke
 def test_the_module_loads_without_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     import backends.tensorrt as module
+    import backends.tensorrt_engine as engine
 
+    importlib.reload(engine)
     importlib.reload(module)
     assert module.TensorRTBackend.name == "tensorrt"
 
@@ -126,7 +128,7 @@ def test_engine_matches_pytorch_and_is_cached(
 @pytest.mark.tensorrt
 @needs_tensorrt
 def test_a_bad_fp16_first_batch_falls_back_to_fp32(model, tmp_path: Path, monkeypatch) -> None:
-    import backends.tensorrt as module
+    import backends.tensorrt_engine as module
 
     backend = TensorRTBackend(cache_dir=tmp_path)
     profile = backend.plan_profile(model, tile_size=32, overlap=4, batch=1)
@@ -238,23 +240,23 @@ class FakeTensorRT:
 
 @pytest.fixture
 def fake_tensorrt(monkeypatch: pytest.MonkeyPatch):
-    import backends.tensorrt as module
+    import backends.tensorrt_engine as module
 
     def install(**options) -> FakeTensorRT:
         fake = FakeTensorRT(**options)
         monkeypatch.setitem(sys.modules, "tensorrt", fake)
-        module._logger.cache_clear()
+        module.trt_logger.cache_clear()
         return fake
 
     yield install
-    module._logger.cache_clear()
+    module.trt_logger.cache_clear()
 
 
 @pytest.mark.parametrize("precision", [Precision.FP16, Precision.FP32])
 def test_fp16_and_fp32_build_strongly_typed_with_the_profile(
     fake_tensorrt, tmp_path: Path, precision
 ) -> None:
-    from backends.tensorrt import build_serialized_engine
+    from backends.tensorrt_engine import build_serialized_engine
     from backends.tensorrt_plan import Profile
 
     fake = fake_tensorrt()
@@ -274,7 +276,7 @@ def test_fp16_and_fp32_build_strongly_typed_with_the_profile(
 
 
 def test_bf16_builds_weakly_typed_with_the_flag_where_tensorrt_has_it(fake_tensorrt, tmp_path: Path) -> None:
-    from backends.tensorrt import build_serialized_engine
+    from backends.tensorrt_engine import build_serialized_engine
     from backends.tensorrt_plan import Profile
 
     profile = Profile((1, 3, 1, 1), (1, 3, 64, 64), (1, 3, 64, 64))
@@ -288,7 +290,7 @@ def test_bf16_builds_weakly_typed_with_the_flag_where_tensorrt_has_it(fake_tenso
 
 
 def test_a_graph_tensorrt_cannot_parse_is_one_error(fake_tensorrt, tmp_path: Path) -> None:
-    from backends.tensorrt import build_serialized_engine
+    from backends.tensorrt_engine import build_serialized_engine
     from backends.tensorrt_plan import Profile
 
     fake_tensorrt(parses=False)

@@ -8,7 +8,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from train.recipes.config import Recipe, load_table, merge, resolve
+from train.recipes.config import Recipe, merge, resolve
+from train.recipes.files import load_table
 
 # Tiny generators per architecture: a few thousand parameters, milliseconds per step.
 TINY_MODELS = {

@@ -6,23 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from train.recipes.config import (
-    ConfigError,
-    check,
-    load_table,
-    merge,
-    nested,
-    parse_assignment,
-    parse_toml,
-    read_config_file,
-    recipe_names,
-    recipe_text,
-    resolve,
-    to_toml,
-)
+from train.recipes.config import ConfigError, check, merge, nested, parse_assignment, resolve, to_toml
+from train.recipes.files import load_table, parse_toml, read_config_file, recipe_names, recipe_text
 from upscaler.models.vgg import CAFFE_GAIN
 
-RECIPES = ["compact-gan", "compact-psnr", "esrgan", "rrdb-psnr", "srgan", "srresnet"]
+RECIPES = ["compact-gan", "compact-psnr", "esrgan", "realvideo", "rrdb-psnr", "srgan", "srresnet"]
 
 
 def test_bundled_recipes_are_all_there_and_valid() -> None:

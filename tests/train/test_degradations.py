@@ -19,7 +19,8 @@ from train.degradations.benchmark import BenchmarkDegradation, degrade_image, ma
 from train.degradations.chain import gaussian_noise, jpeg, poisson_noise, resize, second_order
 from train.degradations.codec import encode_decode, encode_image
 from train.degradations.settings import DegradationConfig
-from train.recipes.config import ConfigError, load_table, resolve
+from train.recipes.config import ConfigError, resolve
+from train.recipes.files import load_table
 from upscaler.errors import InputError
 
 

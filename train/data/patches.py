@@ -9,8 +9,7 @@ samples i*B ... i*B + B - 1, so resuming at iteration i only needs i.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -145,27 +144,3 @@ class IterationSampler(Sampler[int]):
             first = (iteration * self.world_size + self.rank) * self.batch_size
             yield from range(first, first + self.batch_size)
             iteration += 1
-
-
-def codec_bank(dataset: PatchDataset, images: ImageSet, recipe, report: Callable[[str], None]) -> CodecBank:
-    """The recipe's codec bank for these images: from the cache when an earlier run made the same one."""
-    from train.degradations.bank import bank_key, bank_side, build_bank, cached_bank
-    from upscaler.system.places import cache_dir
-
-    config, scale = recipe.degradation, recipe.scale
-    side = bank_side(recipe.data.patch_size, scale)
-    key = bank_key(config, images.digest, scale, side, recipe.train.seed)
-    sizes = [(entry.width, entry.height) for entry in images.entries]
-    started = time.monotonic()
-    bank, made = cached_bank(
-        cache_dir() / "codec-banks",
-        key,
-        lambda: build_bank(sizes, dataset.hr_pixels, scale, side, config, recipe.train.seed),
-    )
-    what = f"made in {time.monotonic() - started:.0f} s" if made else "read from the cache"
-    report(
-        f"Codec bank: {len(bank)} degraded {side} x {side} frames ({config.bank_runs} runs of "
-        f"{config.bank_frames}, {', '.join(config.codecs)}), {what}; "
-        f"{config.codec_prob:.0%} of the samples are drawn from it."
-    )
-    return bank

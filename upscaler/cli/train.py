@@ -123,16 +123,8 @@ def train(
     Under `torchrun --nproc-per-node N upscale train ...` each process takes its share of every
     batch (DistributedDataParallel; gloo on CPU, NCCL on CUDA).
     """
-    from train.recipes.config import (
-        ConfigError,
-        load_table,
-        merge,
-        nested,
-        parse_assignment,
-        read_config_file,
-        recipe_text,
-        resolve,
-    )
+    from train.recipes.config import ConfigError, merge, nested, parse_assignment, resolve
+    from train.recipes.files import load_table, read_config_file, recipe_text
 
     if print_recipe:
         click.echo(recipe_text(print_recipe), nl=False)

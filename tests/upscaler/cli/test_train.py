@@ -11,7 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from tests.train.fixtures import make_images
-from train.recipes.config import check, read_config_file
+from train.recipes.config import check
+from train.recipes.files import read_config_file
 from upscaler.cli import cli
 from upscaler.models import load_model
 

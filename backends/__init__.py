@@ -1,0 +1,1 @@
+"""Inference backends shipped with upscale, each a plugin found through the `upscaler.backends` entry point."""

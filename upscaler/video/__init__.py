@@ -1,4 +1,3 @@
-"""Video: probe and decode the source (`probe`), plan a job (`plan`), encode upscaled frames into parts
-(`encode`, `parts`) recorded in a journal (`journal`) under a lock (`lock`), mux the parts with the
-source's other streams (`mux`), and the job that ties them together (`job`, telling its caller through
-`events`)."""
+"""Video: probe and decode the source (`probe`, `decode`), plan a job (`plan`), encode upscaled frames
+(`encode`, `writer`) into parts that survive a crash (`resume/`), mux the parts with the source's other
+streams (`mux/`), and the job that ties them together (`job`, telling its caller through `events`)."""

@@ -124,3 +124,14 @@ def test_upscale_eval_wants_one_of_data_and_video(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "give one of --data FOLDER (images) or --video CLIP" in result.output
     result = CliRunner().invoke(cli, ["eval", "--bicubic-only", "--video", str(tmp_path / "none.mp4")])
     assert result.exit_code == 1 and "--video: no such file" in result.output
+
+
+def test_upscale_eval_video_stabilize(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "clip.mp4", frames=4, width=64, height=48)
+    weights = tiny_weights(tmp_path, "compact")
+    args = ["eval", "--video", str(clip), "--frames", "3", "--model", str(weights), "--no-lpips", "--json"]
+    result = CliRunner().invoke(cli, [*args, "--stabilize"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stabilize"] is True and "--stabilize" in result.stderr
+    refused = CliRunner().invoke(cli, ["eval", "--data", str(tmp_path), "--stabilize"])
+    assert refused.exit_code == 2 and "--stabilize measures a model on a clip" in refused.output

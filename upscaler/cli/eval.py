@@ -26,6 +26,11 @@ from upscaler.cli.options import ModelRun, model_options, print_table, resolve_m
     "scored per frame, with TecoGAN's temporal measures tOF and tLP (flicker; lower is better).",
 )
 @click.option(
+    "--stabilize",
+    is_flag=True,
+    help="With --video: measure the model as `upscale video --stabilize` runs it (still parts kept still).",
+)
+@click.option(
     "--frames",
     type=click.IntRange(min=2),
     default=30,
@@ -51,6 +56,7 @@ from upscaler.cli.options import ModelRun, model_options, print_table, resolve_m
 def eval_command(
     data,
     video,
+    stabilize,
     frames,
     scale,
     as_json,
@@ -74,8 +80,10 @@ def eval_command(
         raise click.UsageError("--bicubic-only measures no model; leave out --model")
     if (data is None) == (video is None):
         raise click.UsageError("give one of --data FOLDER (images) or --video CLIP")
+    if stabilize and (video is None or bicubic_only):
+        raise click.UsageError("--stabilize measures a model on a clip: give --video and --model")
     if video is not None:
-        _eval_video(video, frames, scale, as_json, bicubic_only, no_progress, lpips, run)
+        _eval_video(video, frames, stabilize, scale, as_json, bicubic_only, no_progress, lpips, run)
         return
     check_eval_folder(data)
     perceptual, lpips_note = _perceptual(lpips)
@@ -138,7 +146,7 @@ def eval_command(
     print_table(rows)
 
 
-def _eval_video(video, frames, scale, as_json, bicubic_only, no_progress, lpips, run: ModelRun) -> None:
+def _eval_video(video, frames, stabilize, scale, as_json, bicubic_only, no_progress, lpips, run) -> None:
     from contextlib import nullcontext
 
     from upscaler.errors import InputError
@@ -165,8 +173,15 @@ def _eval_video(video, frames, scale, as_json, bicubic_only, no_progress, lpips,
                     raise InputError(
                         f"--scale: {scale} does not match model '{upscaler.model_name}' (x{upscaler.scale})"
                     )
+            upscale = None if upscaler is None else upscaler.upscale
+            if stabilize:
+                from upscaler.video.stabilize import Stabilizer
+
+                stabilizer, model = Stabilizer(), upscale
+                upscale = lambda lr: stabilizer.apply(lr, model(lr))  # noqa: E731 - frames come in order
+                described += ", --stabilize"
             report = evaluate_clip(
-                None if upscaler is None else upscaler.upscale,
+                upscale,
                 read_frames(video, frames),
                 factor,
                 perceptual=perceptual,
@@ -185,7 +200,11 @@ def _eval_video(video, frames, scale, as_json, bicubic_only, no_progress, lpips,
         click.echo(lpips_note + "; tLP needs it too", err=True)
     document = report.to_dict()
     if as_json:
-        document |= {"video": str(video), "model": None if bicubic_only else run.model}
+        document |= {
+            "video": str(video),
+            "model": None if bicubic_only else run.model,
+            "stabilize": stabilize,
+        }
         click.echo(json.dumps(document, indent=2, allow_nan=False))
         return
     rows = [("", "psnr", "lpips", "tOF", "tLP")]

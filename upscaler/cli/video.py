@@ -77,6 +77,12 @@ class Seconds(click.ParamType):
 )
 @click.option("--no-audio", is_flag=True, help="Leave the audio streams out.")
 @click.option("--deinterlace", is_flag=True, help="Deinterlace interlaced video first (FFmpeg's bwdif).")
+@click.option(
+    "--stabilize",
+    is_flag=True,
+    help="Keep the output where the input did not change since the last keyframe: GAN models' texture "
+    "stops shimmering on still parts of the picture (see README, 'Flicker').",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (never the input).")
 @click.option(
     "--resume/--restart",
@@ -112,6 +118,7 @@ def video(
     duration,
     no_audio,
     deinterlace,
+    stabilize,
     overwrite,
     resume,
     part_frames,
@@ -153,6 +160,7 @@ def video(
             duration=duration,
             audio=not no_audio,
             deinterlace=deinterlace,
+            stabilize=stabilize,
             overwrite=overwrite,
             part_frames=part_frames,
         )

@@ -42,6 +42,7 @@ from upscaler.video.plan import VideoPlan
 from upscaler.video.resume.journal import Journal, write_journal
 from upscaler.video.resume.lock import clear_work_dir, hold_output
 from upscaler.video.resume.parts import PartSink, Upscaled, open_journal
+from upscaler.video.stabilize import Stabilizer
 from upscaler.video.writer import level_dtype, quantize, row_quantizer
 
 Upscale = Callable[[np.ndarray], np.ndarray]
@@ -178,9 +179,24 @@ def run_video_job(
 def _infer_stage(
     upscale: Upscale | UpscaleStream, plan: VideoPlan
 ) -> Callable[[VideoFrame], Upscaled] | InferStream[VideoFrame, Upscaled]:
+    # One infer stage sees the frames in order, as the stabilizer must (--stabilize).
+    stabilizer = Stabilizer() if plan.stabilize else None
     if isinstance(upscale, UpscaleStream):
-        return InferStream(lambda frames: _upscale_frames(frames, upscale, plan))
-    return lambda frame: _upscale_frame(frame, upscale, plan)
+        return InferStream(
+            lambda frames: (
+                _stabilized(frame, upscaled, stabilizer)
+                for frame, upscaled in _upscale_frames(frames, upscale, plan)
+            )
+        )
+    return lambda frame: _stabilized(frame, _upscale_frame(frame, upscale, plan), stabilizer)
+
+
+def _stabilized(frame: VideoFrame, upscaled: Upscaled, stabilizer: Stabilizer | None) -> Upscaled:
+    """The frame's output held still where its input did not change (a keyframe starts afresh)."""
+    if stabilizer is None:
+        return upscaled
+    levels = stabilizer.apply(frame.rgb, upscaled.rgb, restart=frame.key_frame)
+    return Upscaled(upscaled.pts, upscaled.key_frame, levels)
 
 
 def _queue_sizes(plan: VideoPlan) -> tuple[int, int]:
@@ -205,7 +221,7 @@ def _upscale_frame(frame: VideoFrame, upscale: Upscale, plan: VideoPlan, owned: 
 
 def _upscale_frames(
     frames: Iterator[VideoFrame], upscale: UpscaleStream, plan: VideoPlan
-) -> Iterator[Upscaled]:
+) -> Iterator[tuple[VideoFrame, Upscaled]]:
     """The infer stage with batches across frames: the same frames out as `_upscale_frame` gives."""
     pairs = ((frame, frame.rgb) for frame in frames)
     if plan.outscale in (None, plan.scale):
@@ -213,13 +229,13 @@ def _upscale_frames(
         # held whole. The tiler has checked every batch's size against the model's scale.
         finish = row_quantizer(plan.encoding.bit_depth)
         for frame, levels in upscale.upscale_stream(pairs, finish=finish):
-            yield Upscaled(frame.pts, frame.key_frame, levels)
+            yield frame, Upscaled(frame.pts, frame.key_frame, levels)
         return
     for frame, rgb in upscale.upscale_stream(pairs):
         # `rgb` is the Upscaler's new output frame, which may be changed in place; upscale_picture
         # checks its size and resizes to --outscale exactly as it does for a frame upscaled alone (a
         # video frame has no alpha to upscale).
-        yield _upscale_frame(frame, lambda _, done=rgb: done, plan, owned=True)
+        yield frame, _upscale_frame(frame, lambda _, done=rgb: done, plan, owned=True)
 
 
 def _mux_temporary(destination: Path, token: str) -> Path:

@@ -51,6 +51,7 @@ class VideoPlan:
     duration: float | None
     audio: bool
     deinterlace: bool
+    stabilize: bool
     part_frames: int
     part_seconds: float | None
     fingerprint: str
@@ -108,6 +109,7 @@ def plan_video_job(
     duration: float | None = None,
     audio: bool = True,
     deinterlace: bool = False,
+    stabilize: bool = False,
     overwrite: bool = False,
     part_frames: int = DEFAULT_PART_FRAMES,
     part_seconds: float | None = None,
@@ -165,6 +167,7 @@ def plan_video_job(
         start=start,
         duration=duration,
         deinterlace=deinterlace,
+        stabilize=stabilize,
         part_frames=part_frames,
         part_seconds=part_seconds,
     )
@@ -180,6 +183,7 @@ def plan_video_job(
         duration=duration,
         audio=audio,
         deinterlace=deinterlace,
+        stabilize=stabilize,
         part_frames=part_frames,
         part_seconds=part_seconds,
         fingerprint=fingerprint,
@@ -304,6 +308,7 @@ def _fingerprint(
     start: float | None,
     duration: float | None,
     deinterlace: bool,
+    stabilize: bool,
     part_frames: int,
     part_seconds: float | None,
 ) -> str:
@@ -326,6 +331,7 @@ def _fingerprint(
         "size": list(size),
         "window": [start, duration],
         "deinterlace": deinterlace,
+        "stabilize": stabilize,
         "parts": [part_frames, part_seconds],
     }
     text = json.dumps(identity, sort_keys=True, default=str)

@@ -5,7 +5,7 @@ and its per-frame and temporal scores (tOF, tLP) on a clip, each from `upscale e
     upscale degrade-set ../shared/data/eval/Set14 degraded/Set14
     python docs/make_quality_table.py --set ../shared/data/eval/Set5 --set ../shared/data/eval/Set14 \\
         --set degraded/Set5 --set degraded/Set14 \\
-        --video ../shared/data/video/big_buck_bunny_432_433.webm --frames 24
+        --video ../shared/data/video/big_buck_bunny_432_433.webm --frames 24 --stabilized esrgan
 
 Every figure is what `upscale eval --model ID --data SET` (or `--video CLIP --frames N`) prints, in
 fp32 on torch, with LPIPS (its weights installed: `upscale weights install lpips`). The JSON of each run
@@ -24,7 +24,12 @@ from upscaler.models import list_models
 
 
 def measure(model: str | None, target: list[str], out: Path, threads: int | None) -> dict:
-    name = (model or "bicubic") + "__" + Path(target[-1] if target[0] == "--data" else target[1]).stem
+    name = (
+        (model or "bicubic")
+        + "__"
+        + Path(target[1]).stem
+        + ("__stabilize" if "--stabilize" in target else "")
+    )
     path = out / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -62,6 +67,12 @@ def main() -> None:
         "--out", type=Path, default=Path("runs/quality"), help="where each run's JSON is kept"
     )
     parser.add_argument("--threads", type=int)
+    parser.add_argument(
+        "--stabilized",
+        action="append",
+        default=[],
+        help="a model to measure on the clip with --stabilize too",
+    )
     args = parser.parse_args()
     models = args.model or [entry.id for entry in list_models() if entry.weights_present]
     header = ["model"]
@@ -86,6 +97,16 @@ def main() -> None:
                 f"{document[f'{prefix}{key}']:.{digits}f}"
                 for key, digits in (("psnr", 2), ("lpips", 4), ("tof", 3), ("tlp", 4))
             ]
+        rows.append(row)
+        print(" | ".join(row), file=sys.stderr, flush=True)
+    for model in args.stabilized if args.video else []:
+        target = ["--video", args.video, "--frames", str(args.frames), "--stabilize"]
+        document = measure(model, target, args.out, args.threads)
+        row = [f"{model} --stabilize"] + ["-", "-"] * len(args.set)
+        row += [
+            f"{document[key]:.{digits}f}"
+            for key, digits in (("psnr", 2), ("lpips", 4), ("tof", 3), ("tlp", 4))
+        ]
         rows.append(row)
         print(" | ".join(row), file=sys.stderr, flush=True)
     print("| " + " | ".join(header) + " |")

@@ -37,6 +37,7 @@ class Upscaler:
         overlap = info.overlap if tile_options.overlap is None else tile_options.overlap
         self.model = model
         self.session = session
+        self.tile_options = tile_options
         self.backend_name = backend_name
         self.tiler = Tiler(
             session.infer,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import ModelRun, model_options, print_table, resolve_model_run
+from upscaler.cli.options import ModelRun, model_options, print_table
 
 
 @click.command(name="eval")
@@ -72,9 +72,7 @@ def eval_command(
     LPIPS (lower is better) on the whole 8-bit RGB image, where its weights are installed.
     """
     from upscaler.errors import InputError
-    from upscaler.models import load_model
     from upscaler.quality.evaluation import check_eval_folder, evaluate_pairs, load_eval_set
-    from upscaler.upscaling import open_upscaler
 
     if bicubic_only and click.get_current_context().get_parameter_source("model").name != "DEFAULT":
         raise click.UsageError("--bicubic-only measures no model; leave out --model")
@@ -101,9 +99,8 @@ def eval_command(
             )
             described = "bicubic only"
         else:
-            loaded = load_model(run.model)
-            run = resolve_model_run(run, loaded.info.arch)
-            with open_upscaler(loaded, run.backend, run.backend_options, run.tile_options) as upscaler:
+            with _open(run) as model:
+                upscaler = model.upscaler
                 if scale is not None and scale != upscaler.scale:
                     raise InputError(
                         f"--scale: {scale} does not match model '{upscaler.model_name}', "
@@ -150,9 +147,7 @@ def _eval_video(video, frames, stabilize, scale, as_json, bicubic_only, no_progr
     from contextlib import nullcontext
 
     from upscaler.errors import InputError
-    from upscaler.models import load_model
     from upscaler.quality.temporal import evaluate_clip, read_frames
-    from upscaler.upscaling import open_upscaler
 
     if not video.is_file():
         raise InputError(f"--video: no such file: {video}")
@@ -161,11 +156,10 @@ def _eval_video(video, frames, stabilize, scale, as_json, bicubic_only, no_progr
     if bicubic_only:
         context, described = nullcontext(None), "bicubic only"
     else:
-        loaded = load_model(run.model)
-        run = resolve_model_run(run, loaded.info.arch)
-        context = open_upscaler(loaded, run.backend, run.backend_options, run.tile_options)
+        context = _open(run)
     try:
-        with context as upscaler:
+        with context as model:
+            upscaler = None if model is None else model.upscaler
             factor = scale or 4 if upscaler is None else upscaler.scale
             if upscaler is not None:
                 described = upscaler.description
@@ -219,6 +213,13 @@ def _eval_video(video, frames, stabilize, scale, as_json, bicubic_only, no_progr
             )
         )
     print_table(rows)
+
+
+def _open(run: ModelRun):
+    from upscaler.api import open_with
+
+    report = lambda line: click.echo(line, err=True)  # noqa: E731
+    return open_with(run.model, run.backend, run.backend_options, run.tile_options, report)
 
 
 class _Bar:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import ModelRun, model_options, resolve_model_run
+from upscaler.cli.options import ModelRun, model_options
 
 
 @click.command()
@@ -50,18 +50,17 @@ def images(
 
     PNG, JPEG, WebP, TIFF and BMP; alpha, 16-bit and grayscale are kept.
     """
+    from upscaler.api import open_with
     from upscaler.image.folder import find_images, job_key, plan_outputs, scale_suffix
     from upscaler.image.job import run_image_job
-    from upscaler.models import load_model
-    from upscaler.upscaling import open_upscaler
 
     if skip_existing and overwrite:
         raise click.UsageError("--skip-existing and --overwrite exclude each other")
     # Outputs inside an input folder must not become inputs of the next run.
     found = find_images(list(inputs), pattern, exclude=[output_dir] if output_dir else [])
-    loaded = load_model(run.model)
-    run = resolve_model_run(run, loaded.info.arch)
-    with open_upscaler(loaded, run.backend, run.backend_options, run.tile_options) as upscaler:
+    report = lambda line: click.echo(line, err=True)  # noqa: E731
+    with open_with(run.model, run.backend, run.backend_options, run.tile_options, report) as model:
+        upscaler, loaded = model.upscaler, model.upscaler.model
         scale = upscaler.scale
         plan = plan_outputs(
             found,
@@ -71,7 +70,7 @@ def images(
             overwrite=overwrite,
             skip_existing=skip_existing,
             job=job_key(
-                loaded.digest, precision=run.backend_options.precision.value, outscale=outscale, format=fmt
+                loaded.digest, precision=model.options.precision.value, outscale=outscale, format=fmt
             ),
         )
         for line in plan.warnings:

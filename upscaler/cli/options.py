@@ -171,20 +171,15 @@ def encoder_option(help: str) -> Callable:
 
 
 def resolve_model_run(run: ModelRun, arch: str | None = None) -> ModelRun:
-    """`run` with `--backend auto` and `--precision auto` decided; says on stderr what auto chose.
+    """`run` with `--backend auto` and `--precision auto` decided (`upscaler.api.resolve_options`); says
+    on stderr what auto chose. Call it before opening the model, so that what is opened (and what a
+    video journal records) is the concrete precision."""
+    from upscaler.api import resolve_options
 
-    Call it before opening the model, so that what is opened (and what a video journal records) is
-    the concrete precision; `arch`, the model's architecture, lets auto take the backend measured
-    fastest for it (upscaler.backend.CPU_FP32_FIRST).
-    """
-    from upscaler.backend import get_backend
-    from upscaler.precision import resolve_precision
-
-    backend = get_backend(run.backend, run.backend_options, arch)
-    options, reason = resolve_precision(backend, run.backend_options)
-    if reason is not None:
-        click.echo(f"Precision: {options.precision.value} ({reason})", err=True)
-    return dataclasses.replace(run, backend=backend.name, backend_options=options)
+    backend, options, note = resolve_options(arch, run.backend, run.backend_options)
+    if note is not None:
+        click.echo(note, err=True)
+    return dataclasses.replace(run, backend=backend, backend_options=options)
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:

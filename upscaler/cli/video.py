@@ -130,8 +130,8 @@ def video(
     keeps its timestamp, colour tags and rotation are kept. Work is saved in parts beside OUTPUT: if the
     run stops, the same command goes on where it stopped.
     """
+    from upscaler.api import open_with
     from upscaler.models import load_model
-    from upscaler.upscaling import open_upscaler
     from upscaler.video.encode import EncodeSettings
     from upscaler.video.job import run_video_job
     from upscaler.video.plan import plan_video_job, run_key
@@ -170,8 +170,9 @@ def video(
         # Another run writing the same output stops here, before the model is loaded onto the device.
         with (
             hold_output(plan.destination),
-            open_upscaler(loaded, run.backend, run.backend_options, run.tile_options) as upscaler,
+            open_with(loaded, run.backend, run.backend_options, run.tile_options) as model,
         ):
+            upscaler = model.upscaler
             click.echo(
                 f"{upscaler.description}; {info.path.name} {info.width}x{info.height} -> "
                 f"{plan.width}x{plan.height}, {plan.encoding.describe()}",

@@ -1,0 +1,249 @@
+"""The Python API: open a model once, then upscale numpy arrays, PIL images, image files and videos.
+
+    import upscaler
+
+    with upscaler.open_model("esrgan") as model:          # an id of `upscale models`, or a weights file
+        big = model.upscale(pixels)                        # numpy H x W (x 3 or 4), uint8/uint16/float
+        model.upscale_file("photo.jpg", "photo-x4.png")
+        model.upscale_video("clip.mp4", "clip-x4.mp4", crf=18)
+
+The CLI runs models through this same `open_model`. Nothing heavy (torch, PyAV) is imported until a
+model is opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from upscaler.errors import InputError
+from upscaler.options import BackendOptions, TileOptions
+from upscaler.values import Precision
+
+if TYPE_CHECKING:
+    from upscaler.models import LoadedModel
+    from upscaler.upscaling import Upscaler
+    from upscaler.video.events import VideoReport
+
+
+def resolve_options(
+    model_arch: str | None, backend: str, options: BackendOptions
+) -> tuple[str, BackendOptions, str | None]:
+    """(the backend `auto` picks for this architecture, the options with `--precision auto` decided, a
+    note saying what auto chose or None): decided before the model is opened, so what is opened (and
+    what a video journal records) is concrete."""
+    from upscaler.backend import get_backend
+    from upscaler.precision import resolve_precision
+
+    chosen = get_backend(backend, options, model_arch)
+    resolved, reason = resolve_precision(chosen, options)
+    note = f"Precision: {resolved.precision.value} ({reason})" if reason is not None else None
+    return chosen.name, resolved, note
+
+
+class Model:
+    """An opened model: `upscale` images and videos with it, then `close` it (or use `with`)."""
+
+    def __init__(self, upscaler: Upscaler, closing: Callable[[], None], options: BackendOptions) -> None:
+        self._upscaler = upscaler
+        self._closing = closing
+        self.options = options
+
+    @property
+    def scale(self) -> int:
+        """How many times larger the model makes each side."""
+        return self._upscaler.scale
+
+    @property
+    def name(self) -> str:
+        return self._upscaler.model_name
+
+    @property
+    def backend(self) -> str:
+        return self._upscaler.backend_name
+
+    @property
+    def description(self) -> str:
+        """`model esrgan (rrdbnet, x4) on backend torch`."""
+        return self._upscaler.description
+
+    @property
+    def upscaler(self) -> Upscaler:
+        """The tiled model itself: float32 H x W x 3 in [0, 1] in and out (`upscale_stream` batches)."""
+        return self._upscaler
+
+    def upscale(self, image: Any, outscale: float | None = None) -> Any:
+        """`image` upscaled, in the same kind it came in: a numpy array (H x W gray, H x W x 3 RGB or
+        H x W x 4 RGBA; uint8, uint16 or float in [0, 1]) or a PIL image (modes L, RGB, RGBA, I;16).
+        Alpha is upscaled too; `outscale` resizes the result to that scale instead of the model's."""
+        from upscaler.picture import upscale_picture
+
+        pil_mode = getattr(image, "mode", None)
+        pixels = np.asarray(image)
+        picture, kind = _picture(pixels)
+        result = upscale_picture(picture, self._upscaler.upscale, scale=self.scale, outscale=outscale)
+        out = _pixels(result, kind)
+        if pil_mode is not None:
+            from PIL import Image
+
+            return Image.fromarray(out)
+        return out
+
+    def upscale_file(
+        self, source: str | Path, destination: str | Path, outscale: float | None = None
+    ) -> Path:
+        """Read an image file, upscale it, and write `destination` (its format from the suffix; depth,
+        alpha and grayscale kept where the format holds them), whole or not at all."""
+        from upscaler.image.formats import read_image, write_image
+        from upscaler.picture import upscale_picture
+
+        picture = read_image(source)
+        result = upscale_picture(picture, self._upscaler.upscale, scale=self.scale, outscale=outscale)
+        write_image(destination, result)
+        return Path(destination)
+
+    def upscale_video(
+        self,
+        source: str | Path,
+        destination: str | Path,
+        *,
+        codec: str | None = None,
+        crf: int | None = None,
+        preset: str | None = None,
+        outscale: float | None = None,
+        audio: bool = True,
+        stabilize: bool = False,
+        overwrite: bool = False,
+        events: Callable[[Any], None] | None = None,
+        **plan_options: Any,
+    ) -> VideoReport:
+        """Upscale a video file as `upscale video` does (every stream and timestamp kept, resumable,
+        written whole or not at all); `plan_options` are `upscaler.video.plan.plan_video_job`'s others
+        (start, duration, deinterlace, part_frames, ...)."""
+        from upscaler.video.encode import EncodeSettings
+        from upscaler.video.job import run_video_job
+        from upscaler.video.plan import plan_video_job, run_key
+
+        loaded = self._upscaler.model
+        plan = plan_video_job(
+            Path(source),
+            Path(destination),
+            scale=self.scale,
+            model_key=run_key(loaded.digest, self.backend, self.options, self._upscaler.tile_options),
+            settings=EncodeSettings(codec=codec, crf=crf, preset=preset),
+            outscale=outscale,
+            audio=audio,
+            stabilize=stabilize,
+            overwrite=overwrite,
+            **plan_options,
+        )
+        return run_video_job(plan, self._upscaler, events=events)
+
+    def close(self) -> None:
+        self._closing()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_model(
+    model: str | Path = "compact",
+    *,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str | Precision = "fp32",
+    threads: int | None = None,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
+    batch_size: int | None = None,
+    memory_budget_gib: float = 1.0,
+    report: Callable[[str], None] | None = None,
+) -> Model:
+    """Load `model` (an id of `upscale models`, or a weights file) and open it on `backend` ("auto": the
+    best that runs here). `precision`: fp32, fp16, bf16 or auto; `tile_size` None plans tiles within
+    `memory_budget_gib` of activations. `report` receives a line when auto chose a precision."""
+    options = BackendOptions(
+        device=device,
+        precision=precision if isinstance(precision, Precision) else Precision.parse(precision),
+        threads=threads,
+    )
+    tiles = TileOptions(
+        tile_size=tile_size,
+        overlap=tile_overlap,
+        batch_size=batch_size,
+        memory_budget=int(memory_budget_gib * 1024**3),
+    )
+    return open_with(str(model), backend, options, tiles, report)
+
+
+def open_with(
+    model: str | LoadedModel,
+    backend: str,
+    options: BackendOptions,
+    tiles: TileOptions,
+    report: Callable[[str], None] | None = None,
+) -> Model:
+    """`open_model` with its options already built (as the CLI builds them); `model` may be loaded already."""
+    from upscaler.models import LoadedModel, load_model
+    from upscaler.upscaling import open_upscaler
+
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    name, resolved, note = resolve_options(loaded.info.arch, backend, options)
+    if note and report is not None:
+        report(note)
+    context = open_upscaler(loaded, name, resolved, tiles)
+    upscaler = context.__enter__()
+    return Model(upscaler, lambda: context.__exit__(None, None, None), resolved)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    dtype: np.dtype
+    channels: int  # 1 (2-D array), 3 or 4
+
+
+def _picture(pixels: np.ndarray):
+    from upscaler.picture import Picture
+
+    if pixels.ndim == 2:
+        channels = 1
+    elif pixels.ndim == 3 and pixels.shape[2] in (1, 3, 4):
+        channels = pixels.shape[2]
+    else:
+        raise InputError(f"expected an H x W, H x W x 3 or H x W x 4 image, got shape {pixels.shape}")
+    if pixels.dtype == np.uint8:
+        levels = pixels.astype(np.float32) / 255.0
+    elif pixels.dtype == np.uint16:
+        levels = pixels.astype(np.float32) / 65535.0
+    elif np.issubdtype(pixels.dtype, np.floating):
+        levels = np.clip(pixels.astype(np.float32), 0.0, 1.0)
+    else:
+        raise InputError(f"expected uint8, uint16 or float pixels, got {pixels.dtype}")
+    if channels == 1:
+        plane = levels if levels.ndim == 2 else levels[:, :, 0]
+        rgb, alpha = np.repeat(plane[:, :, None], 3, axis=2), None
+    else:
+        rgb, alpha = (
+            np.ascontiguousarray(levels[:, :, :3]),
+            (levels[:, :, 3].copy() if channels == 4 else None),
+        )
+    depth = 16 if pixels.dtype == np.uint16 else 8
+    return Picture(rgb=rgb, alpha=alpha, depth=depth, grayscale=channels == 1), _Kind(pixels.dtype, channels)
+
+
+def _pixels(picture, kind: _Kind) -> np.ndarray:
+    rgb = picture.rgb.mean(axis=2) if kind.channels == 1 else picture.rgb
+    if kind.channels == 4:
+        rgb = np.concatenate([rgb, picture.alpha[:, :, None]], axis=2)
+    if kind.dtype == np.uint8:
+        return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+    if kind.dtype == np.uint16:
+        return np.clip(np.rint(rgb * 65535.0), 0, 65535).astype(np.uint16)
+    return rgb.astype(kind.dtype)

@@ -1,1 +1,1 @@
-"""Inference backends shipped with upscale, each a plugin found through the `upscaler.backends` entry point."""
+"""Inference backends shipped with upscale: plugins found through the `upscaler.backends` entry point."""

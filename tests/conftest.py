@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from upscaler.system.places import weights_dir
+from upscaler.testing import TINY_CONFIGS  # one set of tiny models for every test and plugin
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # The user's installed VGG19/LPIPS weights, for the slow tests on the real files; read before the
@@ -22,19 +23,6 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
-TINY_CONFIGS = {
-    "compact": {
-        "num_in_ch": 3,
-        "num_out_ch": 3,
-        "num_feat": 8,
-        "num_conv": 2,
-        "upscale": 4,
-        "act_type": "prelu",
-    },
-    "rrdbnet": {"num_in_ch": 3, "num_out_ch": 3, "scale": 4, "num_feat": 8, "num_block": 1, "num_grow_ch": 4},
-    "msrresnet": {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 2, "upscale": 4},
-    "srresnet": {"num_feat": 8, "num_block": 2, "scale": 4},
-}
 
 
 def tiny_weights(tmp_path: Path, arch: str, seed: int = 0) -> Path:

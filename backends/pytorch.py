@@ -11,6 +11,7 @@ from upscaler.backend import DEFAULT_BATCH, ClosingSession
 from upscaler.errors import BackendError, OutOfMemory
 from upscaler.precision import PrecisionChoice, choose_auto_precision, resolve_precision
 from upscaler.system.allocator import MMAP_THRESHOLD
+from upscaler.system.runtimes import installed
 from upscaler.values import Precision
 
 if TYPE_CHECKING:
@@ -25,9 +26,8 @@ class TorchBackend:
     description = "PyTorch eager: CPU, CUDA or MPS; fp32, fp16 (GPU), bf16"
 
     def check(self) -> str | None:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
+        # Found, not imported: `upscale backends` lists every backend without loading torch.
+        if not installed("torch"):
             return "torch is not installed: pip install torch (see the README for CPU and CUDA builds)"
         return None
 

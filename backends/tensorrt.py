@@ -19,6 +19,7 @@ functions that need it, so this module loads (and `check()` explains) without it
 
 from __future__ import annotations
 
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ from upscaler.export import (
 from upscaler.options import TileOptions
 from upscaler.precision import PrecisionChoice, choose_auto_precision, resolve_precision
 from upscaler.system.files import write_bytes_atomically
+from upscaler.system.runtimes import installed
 from upscaler.values import Precision
 
 if TYPE_CHECKING:
@@ -82,6 +84,12 @@ class EngineBuild:
     fp32_layers: tuple[str, ...]
 
 
+def nvidia_driver_present() -> bool:
+    """Whether this machine has an NVIDIA driver loaded, asked without importing CUDA libraries."""
+    places = ("/dev/nvidiactl", "/proc/driver/nvidia")
+    return any(Path(place).exists() for place in places) or shutil.which("nvidia-smi") is not None
+
+
 class TensorRTBackend:
     name = "tensorrt"
     description = "NVIDIA TensorRT engines built from the ONNX graph (CUDA): fp16, fp32, bf16"
@@ -94,20 +102,18 @@ class TensorRTBackend:
         return self.cache_dir or default_cache_dir()
 
     def check(self) -> str | None:
-        try:
-            import torch
-        except ImportError:
+        # Found, not imported, while anything is missing: `upscale backends` answers in a fraction of a
+        # second. torch is imported (to ask CUDA) only where TensorRT is installed.
+        if not installed("tensorrt"):
+            return TENSORRT_MISSING if nvidia_driver_present() else GPU_MISSING
+        if not installed("torch"):
             return "torch is not installed: pip install torch (a CUDA build, see the README)"
+        if not installed("onnx"):
+            return "onnx is not installed: pip install 'upscaler[tensorrt]'"
+        import torch
+
         if not torch.cuda.is_available():
             return GPU_MISSING
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            return TENSORRT_MISSING
-        try:
-            import onnx  # noqa: F401
-        except ImportError:
-            return "onnx is not installed: pip install 'upscaler[tensorrt]'"
         return None
 
     def plan_profile(

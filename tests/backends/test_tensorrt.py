@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -28,12 +29,21 @@ def model(tmp_path: Path):
 
 
 def test_without_a_gpu_check_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    import backends.tensorrt as module
+
+    monkeypatch.setattr(module, "nvidia_driver_present", lambda: False)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert TensorRTBackend().check() == GPU_MISSING == "TensorRT needs an NVIDIA GPU with CUDA; none found"
+    # with TensorRT installed, CUDA itself is asked
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert TensorRTBackend().check() == GPU_MISSING
 
 
 def test_without_tensorrt_check_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    import backends.tensorrt as module
+
+    monkeypatch.setattr(module, "nvidia_driver_present", lambda: True)
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert TensorRTBackend().check() == TENSORRT_MISSING
     assert TENSORRT_MISSING == "tensorrt is not installed: pip install 'upscaler[tensorrt]'"

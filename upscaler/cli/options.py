@@ -73,10 +73,13 @@ def model_options(func):
         memory_budget,
         **kwargs,
     ):
+        from upscaler.models.catalog import resolve_model_spec
         from upscaler.options import BackendOptions, TileOptions
         from upscaler.system.allocator import keep_freed_memory
         from upscaler.values import Precision
 
+        # A bad --model is refused at once, before torch (seconds to import) is loaded.
+        resolve_model_spec(model)
         # Before the model allocates anything: eager inference otherwise page-faults its activations
         # back in on every batch (upscaler/system/allocator.py). UPSCALER_MALLOC=system opts out.
         keep_freed_memory()

@@ -131,15 +131,19 @@ def video(
     run stops, the same command goes on where it stopped.
     """
     from upscaler.api import open_with
-    from upscaler.models import load_model
     from upscaler.video.encode import EncodeSettings
     from upscaler.video.job import run_video_job
     from upscaler.video.plan import plan_video_job, run_key
+    from upscaler.video.probe import check_input_path
     from upscaler.video.resume.lock import hold_output
 
     # SVT-AV1 prints a banner of a dozen lines on every encoder it opens (each part opens one); its
     # svtav1-params have no log level, only this variable: errors only, unless the user set it.
     os.environ.setdefault("SVT_LOG", "1")
+    # What can be refused without the model is refused before it loads (torch takes seconds to import).
+    check_input_path(source)
+    from upscaler.models import load_model
+
     loaded = load_model(run.model)
     # --backend auto and --precision auto decided here, so the journal records what really runs.
     run = resolve_model_run(run, loaded.info.arch)

@@ -9,13 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from upscaler.models.registry import ARCHITECTURES
-
 # --- the model-id table -------------------------------------------------------------------------------
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
+SUFFIXES = (".safetensors", *CHECKPOINT_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -37,10 +35,10 @@ class ModelEntry:
     hint: str | None = None
     # For a GAN stage: the PSNR-oriented model it was trained from, whose figures its own are held to.
     psnr_model: str | None = None
-
-    @property
-    def scale(self) -> int:
-        return ARCHITECTURES[self.arch].scale(self.config)
+    # How many times larger it makes each side, and its parameters: written out so that listing the
+    # models needs no torch (tests/upscaler/models check both against the built networks).
+    scale: int = 4
+    parameters: int = 0
 
     @property
     def weights(self) -> Path:
@@ -66,13 +64,6 @@ class ModelEntry:
             return None
         return ", ".join(f"{name} {figures['psnr_y']:.2f} dB" for name, figures in card["evaluation"].items())
 
-    @property
-    def parameters(self) -> int:
-        """Parameters of the config, counted without allocating them."""
-        with torch.device("meta"):
-            module = ARCHITECTURES[self.arch].build(self.config)
-        return sum(parameter.numel() for parameter in module.parameters())
-
 
 # The paper's ESRGAN generator: 23 blocks of 64 features, the size of the published weights.
 _PAPER_RRDB = {
@@ -96,12 +87,14 @@ MODELS: tuple[ModelEntry, ...] = (
         arch="rrdbnet",
         description="RRDBNet on L1, x4, 6 blocks of 32 features: ESRGAN's PSNR-oriented generator, smaller",
         config=_SMALL_RRDB,
+        parameters=1118755,
     ),
     ModelEntry(
         id="srresnet",
         arch="srresnet",
         description="SRResNet on L1, x4, 16 residual blocks: SRGAN's PSNR-oriented generator",
         config=_SRRESNET,
+        parameters=1549462,
     ),
     ModelEntry(
         id="compact",
@@ -115,6 +108,7 @@ MODELS: tuple[ModelEntry, ...] = (
             "upscale": 4,
             "act_type": "prelu",
         },
+        parameters=621424,
     ),
     ModelEntry(
         id="esrgan",
@@ -123,6 +117,7 @@ MODELS: tuple[ModelEntry, ...] = (
         "paper's 23 x 64: 6 blocks of 32 features",
         config=_SMALL_RRDB,
         psnr_model="rrdb-psnr",
+        parameters=1118755,
     ),
     ModelEntry(
         id="srgan",
@@ -130,6 +125,7 @@ MODELS: tuple[ModelEntry, ...] = (
         description="SRGAN: SRResNet after its GAN stage (VGG54 + adversarial), x4, 16 residual blocks",
         config=_SRRESNET,
         psnr_model="srresnet",
+        parameters=1549462,
     ),
     ModelEntry(
         id="esrgan-23x64",
@@ -142,6 +138,7 @@ MODELS: tuple[ModelEntry, ...] = (
         hint="use --model esrgan (the same recipe at 6 blocks of 32 features, bundled), or a published "
         "ESRGAN file (--model RRDB_ESRGAN_x4.pth), or train it: upscale train --recipe esrgan --data HR_DIR "
         "--pretrained RRDB_PSNR_x4.pth",
+        parameters=16697987,
     ),
 )
 
@@ -153,3 +150,41 @@ def list_models() -> list[ModelEntry]:
 
 def find_model(model_id: str) -> ModelEntry | None:
     return next((entry for entry in MODELS if entry.id == model_id), None)
+
+
+def resolve_model_spec(spec: str | Path) -> tuple[Path, str, ModelEntry | None]:
+    """(the weights file, the model's name, its catalog entry or None) for a model id (`esrgan`) or a
+    weights file; raises the ModelError a user can act on. Reads no weights and imports no torch, so a
+    command refuses a bad `--model` at once. A string that is a known id means that id, even if a file
+    of that name exists; a Path is always a file."""
+    from upscaler.errors import ModelError
+
+    entry = find_model(spec) if isinstance(spec, str) else None
+    if entry is not None:
+        if not entry.weights.is_file():
+            if entry.unbundled:
+                raise ModelError(
+                    f"model {entry.id!r} has no bundled weights: {entry.unbundled_why}", hint=entry.hint
+                )
+            raise ModelError(
+                f"the bundled weights of model {entry.id!r} are missing ({entry.weights})",
+                hint="reinstall upscaler, or pass a weights file: --model path/to/weights.safetensors",
+            )
+        return entry.weights, entry.id, entry
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        known = ", ".join(model.id for model in MODELS)
+        if path.exists():
+            what = "is not a file"
+        elif path.suffix in SUFFIXES or len(path.parts) > 1:
+            # It looks like a path, so a typo in the path is likelier than a wrong model id.
+            raise ModelError(
+                f"no such weights file: {spec}", hint=f"check the path, or use a model id: {known}"
+            )
+        else:
+            what = "is neither a known model id nor an existing file"
+        raise ModelError(
+            f"model {str(spec)!r} {what}; known ids: {known}",
+            hint="pass a model id or a weights file (" + ", ".join(SUFFIXES) + ")",
+        )
+    return path, path.name, None

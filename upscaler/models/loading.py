@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from upscaler.errors import ModelError, OutputError
-from upscaler.models.catalog import MODELS, find_model
+from upscaler.models.catalog import CHECKPOINT_SUFFIXES, SUFFIXES, resolve_model_spec
 from upscaler.models.registry import (
     ARCHITECTURES,
     build_model,
@@ -32,9 +32,6 @@ from upscaler.models.registry import (
 )
 from upscaler.system.files import write_atomically
 from upscaler.values import SizeRequirement
-
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
-SUFFIXES = (".safetensors", *CHECKPOINT_SUFFIXES)
 
 # Training frameworks wrap the weights; the averaged generator (BasicSR's `params_ema`, the EMA in a
 # checkpoint of `upscale train`) is what a run means to be used, so it wins over the raw one.
@@ -78,37 +75,7 @@ def load_model(spec: str | Path) -> LoadedModel:
     A string that is a known id means that id, even if a file of that name exists; a Path is always
     a file.
     """
-    entry = find_model(spec) if isinstance(spec, str) else None
-    if entry is not None:
-        path = entry.weights
-        if not path.is_file():
-            if entry.unbundled:
-                raise ModelError(
-                    f"model {entry.id!r} has no bundled weights: {entry.unbundled_why}", hint=entry.hint
-                )
-            raise ModelError(
-                f"the bundled weights of model {entry.id!r} are missing ({path})",
-                hint="reinstall upscaler, or pass a weights file: --model path/to/weights.safetensors",
-            )
-        name = entry.id
-    else:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            known = ", ".join(model.id for model in MODELS)
-            if path.exists():
-                what = "is not a file"
-            elif path.suffix in SUFFIXES or len(path.parts) > 1:
-                # It looks like a path, so a typo in the path is likelier than a wrong model id.
-                raise ModelError(
-                    f"no such weights file: {spec}", hint=f"check the path, or use a model id: {known}"
-                )
-            else:
-                what = "is neither a known model id nor an existing file"
-            raise ModelError(
-                f"model {str(spec)!r} {what}; known ids: {known}",
-                hint="pass a model id or a weights file (" + ", ".join(SUFFIXES) + ")",
-            )
-        name = path.name
+    path, name, entry = resolve_model_spec(spec)
 
     state, metadata = read_weights(path)
     arch_name, config = _identify(state, metadata, name)

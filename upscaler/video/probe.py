@@ -146,11 +146,16 @@ def _bit_depth(pix_fmt: str) -> int:
         return 8
 
 
-def open_input(path: Path) -> av.container.InputContainer:
+def check_input_path(path: Path) -> None:
+    """Refuse a path that cannot be a video file (missing, a folder) before anything is loaded."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not a video file")
+
+
+def open_input(path: Path) -> av.container.InputContainer:
+    check_input_path(path)
     try:
         return av.open(str(path), "r")
     except av.error.FFmpegError as error:

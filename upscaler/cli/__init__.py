@@ -31,11 +31,51 @@ COMMANDS = {
 }
 
 
+# Other tools' spellings that users type by habit, and ours: refused with a pointer instead of click's
+# "No such option: -c" (it reads -crf as the short options -c -r -f).
+FOREIGN_SPELLINGS = {
+    "-crf": "--crf N",
+    "-preset": "--preset NAME",
+    "-c:v": "--codec NAME",
+    "-vcodec": "--codec NAME",
+    "-codec:v": "--codec NAME",
+    "-pix_fmt": "--pix-fmt NAME",
+    "-an": "--no-audio",
+    "-y": "--overwrite",
+    "-ss": "--start TIME",
+    "-i": "the input as the first argument: upscale video INPUT OUTPUT",
+    "-vf": "--outscale S (or --deinterlace); filters are not taken",
+    "--fp32": "--precision fp32 (the default)",
+    "--half": "--precision fp16 (or bf16 on a CPU)",
+    "--ext": "--format NAME",
+    "--face_enhance": "nothing: upscale has no face enhancement",
+    "--tile": "--tile-size N (or -t N)",
+}
+
+
+def foreign_spelling(args: list[str]) -> click.UsageError | None:
+    """A usage error naming our option for the first foreign spelling in `args`, or None."""
+    for token in args:
+        if token == "--":
+            break
+        ours = FOREIGN_SPELLINGS.get(token)
+        if ours is not None:
+            return click.UsageError(f"no such option {token}; upscale spells it {ours}")
+    return None
+
+
 class UpscaleGroup(click.Group):
     """Turns `UpscaleError` into `Error: ...` / `Hint: ...` and exit 1; `--debug` shows the traceback.
 
     Commands are loaded from `COMMANDS` on first use.
     """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        problem = foreign_spelling(args)
+        if problem is not None:
+            problem.ctx = ctx
+            raise problem
+        return super().parse_args(ctx, args)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)

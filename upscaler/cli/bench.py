@@ -68,6 +68,10 @@ def bench(
     bf16 against fp32. --backend and --precision narrow the backends and precisions measured (by
     default all that run here); the video and PSNR measurements use them as `upscale video` would
     (auto, fp32 unless given). Medians of --repeat runs, with min-max.
+
+    \b
+    Example:
+      upscale bench --model compact --size 320x180
     """
     from upscaler.bench.report import BenchSettings
     from upscaler.bench.run import SHARED_SET5, run_bench

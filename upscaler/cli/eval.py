@@ -70,6 +70,10 @@ def eval_command(
     As the SR literature measures: Y channel of BT.601, SR rounded to 8 bits, `scale` pixels of border
     cropped, bicubic as MATLAB's. Without LR_x<scale>/ files, LR is made from HR with that bicubic.
     LPIPS (lower is better) on the whole 8-bit RGB image, where its weights are installed.
+
+    \b
+    Example:
+      upscale eval --model esrgan --data ../shared/data/eval/Set5
     """
     from upscaler.errors import InputError
     from upscaler.quality.evaluation import check_eval_folder, evaluate_pairs, load_eval_set

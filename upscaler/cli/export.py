@@ -49,6 +49,10 @@ def export_onnx(output: Path, model: str, precision: str, overwrite: bool, verif
     """Export a model to ONNX OUTPUT: dynamic batch, height and width, opset 17.
 
     The graph's metadata records the architecture, scale, weights digest and config.
+
+    \b
+    Example:
+      upscale export-onnx --model compact compact.onnx
     """
     from upscaler.errors import ModelError, OutputError
     from upscaler.export import OPSET, calibration_batch, compare_with_torch, export_onnx
@@ -148,6 +152,10 @@ def build_engine(
     Exports the ONNX graph, builds an engine whose optimisation profile covers the tiles the pipeline
     sends, and caches it under a key of the weights, TensorRT version, GPU, precision and profile;
     `--backend tensorrt` then uses it. Needs an NVIDIA GPU and `pip install 'upscaler[tensorrt]'`.
+
+    \b
+    Example:
+      upscale build-engine --model esrgan --tile-size 256
     """
     from upscaler.backend import discover_backends
     from upscaler.errors import BackendError

@@ -18,7 +18,12 @@ SETS = ("Set5", "Set14")
 
 @click.command()
 def models() -> None:
-    """List the model ids, their size, whether their weights are bundled, and their measured quality."""
+    """List the model ids, their size, whether their weights are bundled, and their measured quality.
+
+    \b
+    Example:
+      upscale models
+    """
     from upscaler.models import list_models
 
     entries = list_models()
@@ -79,7 +84,12 @@ def _pair(evaluation: dict, name: str, prefix: str) -> str:
 
 @click.command()
 def backends() -> None:
-    """List the inference backends, whether each can run here, and why not."""
+    """List the inference backends, whether each can run here, and why not.
+
+    \b
+    Example:
+      upscale backends
+    """
     from upscaler.backend import discover_backends
 
     rows = [("backend", "status", "description")]

@@ -50,6 +50,7 @@ DEFAULT_MODEL = "compact"
 model_option = click.option(
     "--model",
     "-m",
+    "-n",  # Real-ESRGAN's spelling
     default=DEFAULT_MODEL,
     show_default=True,
     help="A model id (see `upscale models`) or a weights file (.safetensors, .pth, .pt).",
@@ -124,6 +125,7 @@ def model_options(func):
         ),
         click.option(
             "--tile-size",
+            "-t",
             type=TileSize(),
             default="auto",
             show_default=True,

@@ -122,6 +122,10 @@ def train(
 
     Under `torchrun --nproc-per-node N upscale train ...` each process takes its share of every
     batch (DistributedDataParallel; gloo on CPU, NCCL on CUDA).
+
+    \b
+    Example:
+      upscale train --recipe esrgan --data HR_FOLDER --val Set5 --pretrained rrdb-psnr
     """
     from train.recipes.config import ConfigError, merge, nested, parse_assignment, resolve
     from train.recipes.files import load_table, read_config_file, recipe_text

@@ -55,7 +55,10 @@ class Seconds(click.ParamType):
 @click.argument("destination", metavar="OUTPUT", type=click.Path(path_type=Path))
 @model_options
 @click.option(
-    "--outscale", type=click.FloatRange(min=0, min_open=True), help="Final scale, resized after the model."
+    "--outscale",
+    "-s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Final scale, resized after the model.",
 )
 @click.option(
     "--codec",
@@ -129,6 +132,10 @@ def video(
     Audio and subtitles are copied (or converted when OUTPUT's container cannot hold them), every frame
     keeps its timestamp, colour tags and rotation are kept. Work is saved in parts beside OUTPUT: if the
     run stops, the same command goes on where it stopped.
+
+    \b
+    Example:
+      upscale video in.mp4 out.mp4 --model esrgan --crf 18
     """
     from upscaler.api import open_with
     from upscaler.video.encode import EncodeSettings

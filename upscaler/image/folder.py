@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from upscaler.errors import InputError
+from upscaler.errors import InputError, OutputError
 from upscaler.image.formats import SUPPORTED_SUFFIXES, output_format, read_mark
 
 
@@ -165,6 +165,7 @@ def plan_outputs(
     *,
     suffix: str,
     output_dir: Path | None = None,
+    output_file: Path | None = None,
     fmt: str | None = None,
     overwrite: bool = False,
     skip_existing: bool = False,
@@ -174,7 +175,8 @@ def plan_outputs(
 
     found: pairs from `find_images`. output_dir: None writes beside each input; a folder keeps each file's
     sub-folder relative to the folder it was found under. fmt: an output format ("png", "jpg", ...), or
-    None for the input's own. An input is refused (never silently overwritten) when its output is an
+    None for the input's own. output_file: the one output's path, for a single input (its suffix is the
+    format). An input is refused (never silently overwritten) when its output is an
     input, when an earlier input already maps to the same output, or when the output exists and
     `overwrite` is off; with `skip_existing` an existing output is skipped instead (it wins over
     `overwrite`). job: the job's `job_key`; an existing output that carries this job's mark for its
@@ -184,6 +186,10 @@ def plan_outputs(
     if fmt is not None:
         output_format(fmt)  # raises, listing the known formats
         extension = "." + fmt.lower().lstrip(".")
+    if output_file is not None:
+        if len(found) != 1:
+            raise OutputError(f"{output_file}: one output file for {len(found)} inputs")
+        output_format(Path(output_file).suffix)  # raises, listing the known formats
 
     input_paths = {_resolved(file) for file, _ in found}
     input_files = {_identity(file) for file, _ in found} - {None}
@@ -204,7 +210,7 @@ def plan_outputs(
             continue
         name = f"{file.stem}{suffix}{ext}"
         folder = file.parent if output_dir is None else Path(output_dir) / file.parent.relative_to(root)
-        target = folder / name
+        target = Path(output_file) if output_file is not None else folder / name
         key = _resolved(target)
 
         if key in input_paths or (target.exists() and _identity(target) in input_files):

@@ -92,7 +92,9 @@ def test_build_engine_without_tensorrt_is_one_clear_line(tmp_path: Path) -> None
 def test_build_engine_names_the_install_command_where_a_gpu_exists(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    import backends.tensorrt
+
+    monkeypatch.setattr(backends.tensorrt, "nvidia_driver_present", lambda: True)
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     result = run("build-engine", "--model", "compact")
     assert result.exit_code == 1

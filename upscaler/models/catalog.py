@@ -35,6 +35,9 @@ class ModelEntry:
     hint: str | None = None
     # For a GAN stage: the PSNR-oriented model it was trained from, whose figures its own are held to.
     psnr_model: str | None = None
+    # For a model trained on real-world degradations: the clean-input GAN model it must beat on the
+    # degraded benchmark (`upscale degrade-set`), which is its bar instead of clean Set5/Set14.
+    degraded_rival: str | None = None
     # How many times larger it makes each side, and its parameters: written out so that listing the
     # models needs no torch (tests/upscaler/models check both against the built networks).
     scale: int = 4

@@ -30,7 +30,7 @@ class ShapeType(click.ParamType):
 
 @click.command("export-onnx")
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
-@model_option
+@model_option()
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "fp16"]),
@@ -91,7 +91,7 @@ def export_onnx(output: Path, model: str, precision: str, overwrite: bool, verif
 
 
 @click.command("build-engine")
-@model_option
+@model_option()
 @click.option(
     "--precision",
     type=click.Choice(["fp16", "bf16", "fp32"]),

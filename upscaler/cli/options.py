@@ -45,20 +45,29 @@ class TileSize(click.ParamType):
 
 # The bundled model with the best Set14 PSNR (see `upscale models`), and the fastest.
 DEFAULT_MODEL = "compact"
-
-# --model as every command that loads a model spells it.
-model_option = click.option(
-    "--model",
-    "-m",
-    "-n",  # Real-ESRGAN's spelling
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="A model id (see `upscale models`) or a weights file (.safetensors, .pth, .pt).",
-)
+# `upscale video`'s: the model trained on real-world degradations (blur, noise, JPEG, H.264/H.265), as
+# fast as compact. On compressed footage it removes the blocking and ringing that the clean-input models
+# sharpen (docs/real-video.png); on a clean source compact or esrgan do better (README, "Which model").
+VIDEO_MODEL = "realvideo"
 
 
-def model_options(func):
-    """The options every command that runs a model shares, handed to it as one `run: ModelRun`."""
+def model_option(default: str = DEFAULT_MODEL) -> Callable:
+    """--model as every command that loads a model spells it."""
+    return click.option(
+        "--model",
+        "-m",
+        "-n",  # Real-ESRGAN's spelling
+        default=default,
+        show_default=True,
+        help="A model id (see `upscale models`) or a weights file (.safetensors, .pth, .pt).",
+    )
+
+
+def model_options(func: Callable | None = None, *, default: str = DEFAULT_MODEL):
+    """The options every command that runs a model shares, handed to it as one `run: ModelRun`;
+    `@model_options(default=...)` gives a command another default model."""
+    if func is None:
+        return functools.partial(model_options, default=default)
 
     @functools.wraps(func)
     def command(
@@ -100,7 +109,7 @@ def model_options(func):
         return func(*args, run=run, **kwargs)
 
     options = [
-        model_option,
+        model_option(default),
         click.option(
             "--backend",
             default="auto",

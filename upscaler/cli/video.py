@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import ModelRun, encoder_option, model_options, resolve_model_run
+from upscaler.cli.options import VIDEO_MODEL, ModelRun, encoder_option, model_options, resolve_model_run
 from upscaler.errors import OutputError
 
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)$")
@@ -53,7 +53,7 @@ class Seconds(click.ParamType):
 @click.command()
 @click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("destination", metavar="OUTPUT", type=click.Path(path_type=Path))
-@model_options
+@model_options(default=VIDEO_MODEL)
 @click.option(
     "--outscale",
     "-s",

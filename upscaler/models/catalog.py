@@ -131,6 +131,22 @@ MODELS: tuple[ModelEntry, ...] = (
         parameters=1549462,
     ),
     ModelEntry(
+        id="realvideo",
+        arch="compact",
+        description="for real footage: the compact generator with ESRGAN's losses, trained on real-world "
+        "degradations (blur, noise, resizing, JPEG, H.264/H.265), x4; fast",
+        config={
+            "num_in_ch": 3,
+            "num_out_ch": 3,
+            "num_feat": 64,
+            "num_conv": 16,
+            "upscale": 4,
+            "act_type": "prelu",
+        },
+        degraded_rival="esrgan",
+        parameters=621424,
+    ),
+    ModelEntry(
         id="esrgan-23x64",
         arch="rrdbnet",
         description="ESRGAN at the paper's size (23 blocks of 64 features), as its published weights",

@@ -221,7 +221,15 @@ def test_bundled_weights_of_the_wrong_architecture(no_bundled_weights, compact):
 
 def test_list_models(no_bundled_weights):
     entries = {entry.id: entry for entry in list_models()}
-    assert list(entries) == ["rrdb-psnr", "srresnet", "compact", "esrgan", "srgan", "realvideo", "esrgan-23x64"]
+    assert list(entries) == [
+        "rrdb-psnr",
+        "srresnet",
+        "compact",
+        "esrgan",
+        "srgan",
+        "realvideo",
+        "esrgan-23x64",
+    ]
     assert {entry.arch for entry in entries.values()} == {"srresnet", "rrdbnet", "compact"}
     assert all(
         entry.scale == 4 and not entry.weights_present and entry.description for entry in entries.values()

@@ -5,7 +5,8 @@
     def test_my_backend_conforms(tmp_path):
         check_backend(MyBackend(), tmp_path)
 
-Each check builds tiny random models of every architecture (and RRDBNet at x1, x2 and x4), runs a batch
+Each check builds tiny random models of every architecture (and RRDBNet at x1, x2 and x4, and the
+original ESRGAN release's x1 and x8), runs a batch
 through the backend and compares it with PyTorch's fp32 output of the same network; needs torch.
 """
 
@@ -41,6 +42,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     **{arch: (arch, config) for arch, config in TINY_CONFIGS.items()},
     "rrdbnet-x2": ("rrdbnet", {**TINY_CONFIGS["rrdbnet"], "scale": 2}),
     "rrdbnet-x1": ("rrdbnet", {**TINY_CONFIGS["rrdbnet"], "scale": 1}),
+    # the original ESRGAN release's x8 and x1: an upsampling stage per factor 2, no unshuffle
+    "rrdbnet-plain-x8": ("rrdbnet", {**TINY_CONFIGS["rrdbnet"], "scale": 8, "unshuffle": False}),
+    "rrdbnet-plain-x1": ("rrdbnet", {**TINY_CONFIGS["rrdbnet"], "scale": 1, "unshuffle": False}),
 }
 
 

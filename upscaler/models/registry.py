@@ -152,14 +152,24 @@ def _msrresnet_bytes(config: Config) -> int:
 
 
 def detect_rrdbnet(state: StateDict) -> dict[str, Any] | None:
-    if not _has(
-        state, "conv_first.weight", "body.0.rdb1.conv1.weight", "conv_body.weight", "conv_up1.weight"
-    ):
+    if not _has(state, "conv_first.weight", "body.0.rdb1.conv1.weight", "conv_body.weight"):
         return None
-    if not _has(state, "conv_up2.weight", "conv_hr.weight", "conv_last.weight"):
+    if not _has(state, "conv_hr.weight", "conv_last.weight"):
         return None
     num_feat, first_in = state["conv_first.weight"].shape[:2]
     num_out_ch = state["conv_last.weight"].shape[0]
+    stages = sum(1 for stage in range(1, 5) if f"conv_up{stage}.weight" in state)
+    if stages != 2:
+        # the original ESRGAN release's x1, x2 and x8: an upsampling stage per factor 2, no unshuffle
+        return {
+            "num_in_ch": first_in,
+            "num_out_ch": num_out_ch,
+            "scale": 2**stages,
+            "num_feat": num_feat,
+            "num_block": _block_count(state, "body."),
+            "num_grow_ch": state["body.0.rdb1.conv1.weight"].shape[0],
+            "unshuffle": False,
+        }
     # Scales 2 and 1 pixel-unshuffle the input, so conv_first sees 4x or 16x the input channels.
     # Published models have as many input channels as output ones; that decides the scale.
     scale, num_in_ch = 4, first_in
@@ -177,15 +187,22 @@ def detect_rrdbnet(state: StateDict) -> dict[str, Any] | None:
 
 
 def _rrdbnet_unshuffle(config: Config) -> int:
-    return 4 // config["scale"]
+    return 4 // config["scale"] if config.get("unshuffle", True) else 1
+
+
+def _rrdbnet_stages(config: Config) -> int:
+    return 2 if config.get("unshuffle", True) else int(math.log2(config["scale"]))
 
 
 def _rrdbnet_radius(config: Config) -> int:
     # conv_up2, conv_hr, conv_last at 4x the body's resolution, conv_up1 at 2x, then conv_body, 15
     # convs per RRDB and conv_first; a body pixel is u x u input pixels. Exact when tiles start on
     # multiples of u, which they must anyway: unshuffling groups pixels from the frame's origin.
-    u = _rrdbnet_unshuffle(config)
-    return u * _radius([(3, 2), (1, 2), (1 + 15 * config["num_block"] + 1, 1)])
+    u, stages = _rrdbnet_unshuffle(config), _rrdbnet_stages(config)
+    body = 1 + 15 * config["num_block"] + 1
+    if stages == 0:
+        return _radius([(2 + body, 1)])
+    return u * _radius([(3, 2)] + [(1, 2)] * (stages - 1) + [(body, 1)])
 
 
 def _rrdbnet_bytes(config: Config) -> int:

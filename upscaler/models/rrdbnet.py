@@ -127,8 +127,16 @@ def split_dense_blocks(module: nn.Module) -> nn.Module:
 _UNSHUFFLE = {4: 1, 2: 2, 1: 4}
 
 
+_PLAIN_STAGES = {1: 0, 2: 1, 4: 2, 8: 3}
+
+
 class RRDBNet(nn.Module):
-    """ESRGAN's generator; scale 2 and 1 pixel-unshuffle the input by 2 and 4, as Real-ESRGAN does."""
+    """ESRGAN's generator; scale 2 and 1 pixel-unshuffle the input by 2 and 4, as Real-ESRGAN does.
+
+    unshuffle False is the original ESRGAN release's other scales (community x1, x2 and x8 models): no
+    unshuffling, and one nearest x2 upsampling with its conv (`conv_up1`, `conv_up2`, `conv_up3`) per
+    factor of 2 of the scale instead; at x4 both are the same network.
+    """
 
     def __init__(
         self,
@@ -138,23 +146,30 @@ class RRDBNet(nn.Module):
         num_feat: int = 64,
         num_block: int = 23,
         num_grow_ch: int = 32,
+        unshuffle: bool = True,
     ) -> None:
         super().__init__()
-        if scale not in _UNSHUFFLE:
-            raise ValueError(f"RRDBNet supports scale 1, 2 or 4, not {scale}")
+        allowed = _UNSHUFFLE if unshuffle else _PLAIN_STAGES
+        if scale not in allowed:
+            spelled = ", ".join(map(str, sorted(allowed)))
+            raise ValueError(
+                f"RRDBNet{'' if unshuffle else ' without unshuffle'} supports scale {spelled}, not {scale}"
+            )
         self.num_in_ch = num_in_ch
         self.num_out_ch = num_out_ch
         self.scale = scale
         self.num_feat = num_feat
         self.num_block = num_block
         self.num_grow_ch = num_grow_ch
-        self.unshuffle = _UNSHUFFLE[scale]
+        self.plain = not unshuffle
+        self.unshuffle = _UNSHUFFLE[scale] if unshuffle else 1
+        self.stages = 2 if unshuffle else _PLAIN_STAGES[scale]
 
         self.conv_first = nn.Conv2d(num_in_ch * self.unshuffle**2, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch) for _ in range(num_block)))
         self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        for stage in range(1, self.stages + 1):
+            setattr(self, f"conv_up{stage}", nn.Conv2d(num_feat, num_feat, 3, 1, 1))
         self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(0.2)
@@ -168,6 +183,8 @@ class RRDBNet(nn.Module):
             "num_feat": self.num_feat,
             "num_block": self.num_block,
             "num_grow_ch": self.num_grow_ch,
+            # only where it differs from the default, so configs written before it existed still match
+            **({"unshuffle": False} if self.plain else {}),
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,8 +192,9 @@ class RRDBNet(nn.Module):
             x = F.pixel_unshuffle(x, self.unshuffle)
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
-        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
-        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        for stage in range(1, self.stages + 1):
+            conv = getattr(self, f"conv_up{stage}")
+            feat = self.lrelu(conv(F.interpolate(feat, scale_factor=2, mode="nearest")))
         return self.conv_last(self.lrelu(self.conv_hr(feat)))
 
 
@@ -207,7 +225,8 @@ def is_mmsr_state_dict(state: Mapping[str, Any]) -> bool:
 
 
 def convert_esrgan_state_dict(state: Mapping[str, torch.Tensor]) -> StateDict:
-    """The original ESRGAN layout (x4 only) renamed to BasicSR keys.
+    """The original ESRGAN layout renamed to BasicSR keys (x1, x2, x4 and x8: `convert` loads the ones
+    other than x4 as RRDBNet without unshuffle).
 
     That release is one flat `model` Sequential: 0 conv_first, 1 a shortcut around the RRDB trunk
     (`sub.N` blocks, then `sub.{num_block}` = conv_body), then per x2 stage an upsample, a conv and an
@@ -215,13 +234,14 @@ def convert_esrgan_state_dict(state: Mapping[str, torch.Tensor]) -> StateDict:
     are, so that loading names them.
     """
     top = sorted({int(match.group(1)) for key in state if (match := _ESRGAN_TOP.fullmatch(key))} - {0})
-    if len(top) != 4:
-        stages = len(top) - 2
+    stages = len(top) - 2
+    if stages not in (0, 1, 2, 3):
         raise ModelError(
-            f"original-ESRGAN weights with {stages} upsampling stage(s) (x{2 ** max(stages, 0)}) are not "
-            f"supported; only that layout's x4 models are",
+            f"original-ESRGAN weights with {max(stages, 0)} upsampling stages are not supported; "
+            "that layout's x1, x2, x4 and x8 models are",
         )
-    tail = dict(zip(top, ("conv_up1", "conv_up2", "conv_hr", "conv_last"), strict=True))
+    names = [f"conv_up{stage}" for stage in range(1, stages + 1)] + ["conv_hr", "conv_last"]
+    tail = dict(zip(top, names, strict=True))
     converted: StateDict = {}
     for key, value in state.items():
         if match := _ESRGAN_RDB.fullmatch(key):

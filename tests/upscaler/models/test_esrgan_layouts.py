@@ -19,10 +19,12 @@ CONFIG = {"num_in_ch": 3, "num_out_ch": 3, "scale": 4, "num_feat": 8, "num_block
 _RDB = re.compile(r"body\.(\d+)\.rdb(\d)\.conv(\d)\.(weight|bias)")
 
 
-def to_esrgan(state: dict[str, torch.Tensor], num_block: int) -> dict[str, torch.Tensor]:
-    """BasicSR keys -> the original ESRGAN release's flat `model.N` Sequential."""
+def to_esrgan(state: dict[str, torch.Tensor], num_block: int, stages: int = 2) -> dict[str, torch.Tensor]:
+    """BasicSR keys -> the original ESRGAN release's flat `model.N` Sequential: after the trunk, each
+    upsampling stage is (upsample, conv, activation), then conv, activation, conv."""
     tail = {"conv_first": "model.0", "conv_body": f"model.1.sub.{num_block}"}
-    tail |= {"conv_up1": "model.3", "conv_up2": "model.6", "conv_hr": "model.8", "conv_last": "model.10"}
+    tail |= {f"conv_up{stage}": f"model.{3 * stage}" for stage in range(1, stages + 1)}
+    tail |= {"conv_hr": f"model.{3 * stages + 2}", "conv_last": f"model.{3 * stages + 4}"}
     out = {}
     for key, value in state.items():
         if match := _RDB.fullmatch(key):
@@ -93,13 +95,38 @@ def test_original_layout_with_a_data_parallel_prefix(net, tmp_path):
     assert load_model(tmp_path / "net.pth").info.config == CONFIG
 
 
-def test_original_layout_x2_is_refused_by_name(net, tmp_path):
-    # the original release's x2 has one upsampling stage: a different network from Real-ESRGAN's x2
+@pytest.mark.parametrize(("scale", "stages"), [(1, 0), (2, 1), (8, 3)])
+def test_original_layout_x1_x2_x8_load_natively(scale: int, stages: int, randomize, tmp_path) -> None:
+    # the original release's other scales upsample once per factor 2 and never unshuffle: not
+    # Real-ESRGAN's x1/x2, and loaded as what they are
+    plain = randomize(RRDBNet(**{**CONFIG, "scale": scale}, unshuffle=False))
+    torch.save(to_esrgan(plain.state_dict(), CONFIG["num_block"], stages), tmp_path / f"x{scale}.pth")
+    loaded = load_model(tmp_path / f"x{scale}.pth")
+    assert loaded.info.scale == scale
+    assert loaded.info.config == {**CONFIG, "scale": scale, "unshuffle": False}
+    x = torch.rand(1, 3, 9, 11)
+    with torch.no_grad():
+        expected = plain(x)
+        assert expected.shape == (1, 3, 9 * scale, 11 * scale)
+        assert torch.equal(loaded.module(x), expected)
+    assert loaded.info.requirement.multiple_of == 1  # nothing is unshuffled: any size goes
+
+
+def test_at_x4_the_two_forms_are_one_network(net) -> None:
+    plain = RRDBNet(**CONFIG, unshuffle=False)
+    plain.load_state_dict(net.state_dict())
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(plain(x), net(x))
+    assert "unshuffle" not in net.config and plain.config["unshuffle"] is False
+
+
+def test_original_layout_with_four_stages_is_refused_by_name(net, tmp_path):
     saved = to_esrgan(net.state_dict(), CONFIG["num_block"])
-    saved = {k: v for k, v in saved.items() if not k.startswith("model.6.")}
-    torch.save(saved, tmp_path / "x2.pth")
-    with pytest.raises(ModelError, match="1 upsampling stage"):
-        load_model(tmp_path / "x2.pth")
+    saved |= {"model.20.weight": saved["model.3.weight"], "model.22.weight": saved["model.6.weight"]}
+    torch.save(saved, tmp_path / "x16.pth")
+    with pytest.raises(ModelError, match="4 upsampling stages are not supported"):
+        load_model(tmp_path / "x16.pth")
 
 
 def test_original_layout_in_the_legacy_serialization_loads(net, tmp_path):

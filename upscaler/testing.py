@@ -6,7 +6,7 @@
         check_backend(MyBackend(), tmp_path)
 
 Each check builds tiny random models of every architecture (and RRDBNet at x1, x2 and x4, and the
-original ESRGAN release's x1 and x8), runs a batch
+original ESRGAN release's x1 and x8, and ESRGAN+), runs a batch
 through the backend and compares it with PyTorch's fp32 output of the same network; needs torch.
 """
 
@@ -45,6 +45,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the original ESRGAN release's x8 and x1: an upsampling stage per factor 2, no unshuffle
     "rrdbnet-plain-x8": ("rrdbnet", {**TINY_CONFIGS["rrdbnet"], "scale": 8, "unshuffle": False}),
     "rrdbnet-plain-x1": ("rrdbnet", {**TINY_CONFIGS["rrdbnet"], "scale": 1, "unshuffle": False}),
+    # ESRGAN+: a 1x1 conv and two more residual paths in every dense block
+    "rrdbnet-plus": ("rrdbnet", {**TINY_CONFIGS["rrdbnet"], "plus": True}),
 }
 
 

@@ -124,7 +124,7 @@ def test_merge_replaces_leaves_and_merges_tables() -> None:
         (
             {"model": {"config": {"num_blocks": 3}}},
             "^model.config.num_blocks: unknown key for rrdbnet; known: num_in_ch, num_out_ch, scale, "
-            "num_feat, num_block, num_grow_ch, unshuffle$",
+            "num_feat, num_block, num_grow_ch, unshuffle, plus$",
         ),
         ({"model": {"config": 3}}, "^model.config: must be a table \\(got 3\\)$"),
         ({"data": 3}, "^data: must be a table \\(\\[data\\]; got 3\\)$"),

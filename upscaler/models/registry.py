@@ -159,6 +159,8 @@ def detect_rrdbnet(state: StateDict) -> dict[str, Any] | None:
     num_feat, first_in = state["conv_first.weight"].shape[:2]
     num_out_ch = state["conv_last.weight"].shape[0]
     stages = sum(1 for stage in range(1, 5) if f"conv_up{stage}.weight" in state)
+    # ESRGAN+ (nESRGAN+): a 1x1 conv in every dense block
+    plus = {"plus": True} if "body.0.rdb1.conv1x1.weight" in state else {}
     if stages != 2:
         # the original ESRGAN release's x1, x2 and x8: an upsampling stage per factor 2, no unshuffle
         return {
@@ -169,6 +171,7 @@ def detect_rrdbnet(state: StateDict) -> dict[str, Any] | None:
             "num_block": _block_count(state, "body."),
             "num_grow_ch": state["body.0.rdb1.conv1.weight"].shape[0],
             "unshuffle": False,
+            **plus,
         }
     # Scales 2 and 1 pixel-unshuffle the input, so conv_first sees 4x or 16x the input channels.
     # Published models have as many input channels as output ones; that decides the scale.
@@ -183,6 +186,7 @@ def detect_rrdbnet(state: StateDict) -> dict[str, Any] | None:
         "num_feat": num_feat,
         "num_block": _block_count(state, "body."),
         "num_grow_ch": state["body.0.rdb1.conv1.weight"].shape[0],
+        **plus,
     }
 
 

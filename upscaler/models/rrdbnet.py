@@ -28,10 +28,16 @@ from upscaler.models.weight_init import init_scaled
 
 
 class ResidualDenseBlock(nn.Module):
-    """Five densely connected convs; the fifth's output, scaled by 0.2, is added to the input."""
+    """Five densely connected convs; the fifth's output, scaled by 0.2, is added to the input.
 
-    def __init__(self, num_feat: int = 64, num_grow_ch: int = 32) -> None:
+    plus: ESRGAN+'s block (Rakotonirina & Rasoanaivo, ICASSP 2020), with two more residual paths: a
+    bias-free 1x1 conv of the input added to the second conv's activation, and that sum added to the
+    fourth's. (Its training-time Gaussian noise does nothing at inference.)
+    """
+
+    def __init__(self, num_feat: int = 64, num_grow_ch: int = 32, plus: bool = False) -> None:
         super().__init__()
+        self.conv1x1 = nn.Conv2d(num_feat, num_grow_ch, 1, bias=False) if plus else None
         self.conv1 = nn.Conv2d(num_feat, num_grow_ch, 3, 1, 1)
         self.conv2 = nn.Conv2d(num_feat + num_grow_ch, num_grow_ch, 3, 1, 1)
         self.conv3 = nn.Conv2d(num_feat + 2 * num_grow_ch, num_grow_ch, 3, 1, 1)
@@ -43,8 +49,12 @@ class ResidualDenseBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.lrelu(self.conv1(x))
         x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
+        if self.conv1x1 is not None:
+            x2 = x2 + self.conv1x1(x)
         x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
         x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+        if self.conv1x1 is not None:
+            x4 = x4 + x2
         x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
         return x5 * 0.2 + x
 
@@ -52,12 +62,12 @@ class ResidualDenseBlock(nn.Module):
 class RRDB(nn.Module):
     """Three residual dense blocks in a row; their output, scaled by 0.2, is added to the input."""
 
-    def __init__(self, num_feat: int = 64, num_grow_ch: int = 32) -> None:
+    def __init__(self, num_feat: int = 64, num_grow_ch: int = 32, plus: bool = False) -> None:
         super().__init__()
         self.num_feat = num_feat
-        self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
-        self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
-        self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch, plus)
+        self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch, plus)
+        self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch, plus)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.rdb3(self.rdb2(self.rdb1(x)))
@@ -115,9 +125,12 @@ def _part(conv: nn.Conv2d, start: int, stop: int, *, bias: bool) -> nn.Conv2d:
 
 
 def split_dense_blocks(module: nn.Module) -> nn.Module:
-    """A copy of an RRDBNet whose dense blocks are SplitDenseBlocks (the same function)."""
+    """A copy of an RRDBNet whose dense blocks are SplitDenseBlocks (the same function); an ESRGAN+
+    network (whose blocks have more paths) is copied as it is."""
     assert isinstance(module, RRDBNet)
     split = copy.deepcopy(module)
+    if module.plus:
+        return split.eval()
     for rrdb in split.body:
         rrdb.rdb1, rrdb.rdb2, rrdb.rdb3 = (SplitDenseBlock(b) for b in (rrdb.rdb1, rrdb.rdb2, rrdb.rdb3))
     return split.eval()
@@ -147,6 +160,7 @@ class RRDBNet(nn.Module):
         num_block: int = 23,
         num_grow_ch: int = 32,
         unshuffle: bool = True,
+        plus: bool = False,
     ) -> None:
         super().__init__()
         allowed = _UNSHUFFLE if unshuffle else _PLAIN_STAGES
@@ -162,11 +176,12 @@ class RRDBNet(nn.Module):
         self.num_block = num_block
         self.num_grow_ch = num_grow_ch
         self.plain = not unshuffle
+        self.plus = plus
         self.unshuffle = _UNSHUFFLE[scale] if unshuffle else 1
         self.stages = 2 if unshuffle else _PLAIN_STAGES[scale]
 
         self.conv_first = nn.Conv2d(num_in_ch * self.unshuffle**2, num_feat, 3, 1, 1)
-        self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch) for _ in range(num_block)))
+        self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch, plus) for _ in range(num_block)))
         self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         for stage in range(1, self.stages + 1):
             setattr(self, f"conv_up{stage}", nn.Conv2d(num_feat, num_feat, 3, 1, 1))
@@ -185,6 +200,7 @@ class RRDBNet(nn.Module):
             "num_grow_ch": self.num_grow_ch,
             # only where it differs from the default, so configs written before it existed still match
             **({"unshuffle": False} if self.plain else {}),
+            **({"plus": True} if self.plus else {}),
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,6 +217,7 @@ class RRDBNet(nn.Module):
 StateDict = dict[str, torch.Tensor]
 
 _ESRGAN_RDB = re.compile(r"model\.1\.sub\.(\d+)\.RDB([123])\.conv([1-5])\.0\.(weight|bias)")
+_ESRGAN_PLUS = re.compile(r"model\.1\.sub\.(\d+)\.RDB([123])\.conv1x1\.weight")
 _ESRGAN_BODY = re.compile(r"model\.1\.sub\.(\d+)\.(weight|bias)")
 _ESRGAN_TOP = re.compile(r"model\.(\d+)\.(weight|bias)")
 _MMSR_RDB = re.compile(r"RRDB_trunk\.(\d+)\.RDB([123])\.conv([1-5])\.(weight|bias)")
@@ -247,6 +264,9 @@ def convert_esrgan_state_dict(state: Mapping[str, torch.Tensor]) -> StateDict:
         if match := _ESRGAN_RDB.fullmatch(key):
             block, rdb, conv, kind = match.groups()
             converted[f"body.{block}.rdb{rdb}.conv{conv}.{kind}"] = value
+        elif match := _ESRGAN_PLUS.fullmatch(key):
+            block, rdb = match.groups()
+            converted[f"body.{block}.rdb{rdb}.conv1x1.weight"] = value
         elif match := _ESRGAN_BODY.fullmatch(key):
             # the only tensors directly under the trunk are the conv after the last block
             converted[f"conv_body.{match.group(2)}"] = value

@@ -17,6 +17,7 @@ from upscaler.models import (
 
 CONFIG = {"num_in_ch": 3, "num_out_ch": 3, "scale": 4, "num_feat": 8, "num_block": 3, "num_grow_ch": 4}
 _RDB = re.compile(r"body\.(\d+)\.rdb(\d)\.conv(\d)\.(weight|bias)")
+_PLUS = re.compile(r"body\.(\d+)\.rdb(\d)\.conv1x1\.weight")
 
 
 def to_esrgan(state: dict[str, torch.Tensor], num_block: int, stages: int = 2) -> dict[str, torch.Tensor]:
@@ -30,6 +31,9 @@ def to_esrgan(state: dict[str, torch.Tensor], num_block: int, stages: int = 2) -
         if match := _RDB.fullmatch(key):
             block, rdb, conv, kind = match.groups()
             out[f"model.1.sub.{block}.RDB{rdb}.conv{conv}.0.{kind}"] = value
+        elif match := _PLUS.fullmatch(key):
+            block, rdb = match.groups()
+            out[f"model.1.sub.{block}.RDB{rdb}.conv1x1.weight"] = value
         else:
             name, kind = key.rsplit(".", 1)
             out[f"{tail[name]}.{kind}"] = value
@@ -119,6 +123,37 @@ def test_at_x4_the_two_forms_are_one_network(net) -> None:
     with torch.no_grad():
         assert torch.equal(plain(x), net(x))
     assert "unshuffle" not in net.config and plain.config["unshuffle"] is False
+
+
+def esrgan_plus_block(block, x: torch.Tensor) -> torch.Tensor:
+    """ESRGAN+'s dense block written out from its paper's equations, with F's ops: the reference."""
+    act = torch.nn.functional.leaky_relu
+    conv = torch.nn.functional.conv2d
+    x1 = act(conv(x, block.conv1.weight, block.conv1.bias, padding=1), 0.2)
+    x2 = act(conv(torch.cat((x, x1), 1), block.conv2.weight, block.conv2.bias, padding=1), 0.2)
+    x2 = x2 + conv(x, block.conv1x1.weight)
+    x3 = act(conv(torch.cat((x, x1, x2), 1), block.conv3.weight, block.conv3.bias, padding=1), 0.2)
+    x4 = act(conv(torch.cat((x, x1, x2, x3), 1), block.conv4.weight, block.conv4.bias, padding=1), 0.2)
+    x4 = x4 + x2
+    x5 = conv(torch.cat((x, x1, x2, x3, x4), 1), block.conv5.weight, block.conv5.bias, padding=1)
+    return x5 * 0.2 + x
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_esrgan_plus_in_the_original_layout_loads_and_matches_its_equations(scale, randomize, tmp_path):
+    plus = randomize(RRDBNet(**{**CONFIG, "scale": scale}, unshuffle=False, plus=True))
+    block = plus.body[0].rdb1
+    x = torch.rand(1, CONFIG["num_feat"], 6, 7)
+    with torch.no_grad():
+        assert torch.allclose(block(x), esrgan_plus_block(block, x), atol=1e-6)
+    saved = to_esrgan(plus.state_dict(), CONFIG["num_block"], {2: 1, 4: 2}[scale])
+    assert "model.1.sub.0.RDB1.conv1x1.weight" in saved
+    torch.save(saved, tmp_path / "nESRGANplus.pth")
+    loaded = load_model(tmp_path / "nESRGANplus.pth")
+    assert loaded.info.config["plus"] is True and loaded.info.scale == scale
+    image = torch.rand(1, 3, 9, 11)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(image), plus(image))
 
 
 def test_original_layout_with_four_stages_is_refused_by_name(net, tmp_path):

@@ -16,14 +16,18 @@ PUBLISHED = (
 SETS = ("Set5", "Set14")
 
 
-@click.command()
-def models() -> None:
-    """List the model ids, their size, whether their weights are bundled, and their measured quality.
+@click.group(invoke_without_command=True)
+@click.pass_context
+def models(ctx: click.Context) -> None:
+    """List the model ids, their size, whether their weights are bundled, and their measured quality;
+    `upscale models pull NAME` downloads a published model.
 
     \b
     Example:
       upscale models
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from upscaler.models import list_models
 
     entries = list_models()
@@ -70,7 +74,58 @@ def models() -> None:
         click.echo(
             "The papers' rows are as printed: their SSIM is computed differently (their bicubic is 0.8211)."
         )
+    from upscaler.models.zoo import ZOO, pulled_path
+
+    click.echo(
+        "\nPublished models (upscale models pull NAME fetches one, checks its sha256; then --model NAME):"
+    )
+    rows = [("name", "arch", "scale", "here", "licence", "description")]
+    for entry in ZOO:
+        here = "pulled" if pulled_path(entry) is not None else "-"
+        rows.append((entry.name, entry.arch, f"x{entry.scale}", here, entry.licence, entry.description))
+    print_table(rows)
     click.echo("\nAny weights file of these architectures also works: --model path/to/weights.safetensors")
+
+
+@models.command()
+@click.argument("name")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Seconds without data before the download counts as stalled.",
+)
+def pull(name: str, timeout: float) -> None:
+    """Download the published model NAME (see `upscale models`), resuming a partial download, and check
+    its sha256 before it is kept. The only command besides `weights install` that uses the network.
+
+    \b
+    Example:
+      upscale models pull realesr-general-x4v3
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    from upscaler.errors import ModelError
+    from upscaler.models.zoo import ZOO, find_published
+    from upscaler.models.zoo import pull as fetch
+
+    entry = find_published(name)
+    if entry is None:
+        raise ModelError(f"no published model named {name!r}; known: {', '.join(e.name for e in ZOO)}")
+    bar = tqdm(unit="B", unit_scale=True, file=sys.stderr, desc=entry.name, disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total or None
+        bar.update(done - bar.n)
+
+    try:
+        path = fetch(entry, timeout=timeout, progress=progress)
+    finally:
+        bar.close()
+    click.echo(f"{entry.name}: {path} (sha256 checked); use it with --model {entry.name}")
 
 
 def _pair(evaluation: dict, name: str, prefix: str) -> str:

@@ -190,6 +190,17 @@ def resolve_model_spec(spec: str | Path) -> tuple[Path, str, ModelEntry | None]:
                 hint="reinstall upscaler, or pass a weights file: --model path/to/weights.safetensors",
             )
         return entry.weights, entry.id, entry
+    published = _published(spec) if isinstance(spec, str) else None
+    if published is not None:
+        from upscaler.models.zoo import pulled_path
+
+        pulled = pulled_path(published)
+        if pulled is None:
+            raise ModelError(
+                f"model {published.name!r} is a published model that has not been downloaded",
+                hint=f"upscale models pull {published.name} (fetches it once and checks its sha256)",
+            )
+        return pulled, published.name, None
     path = Path(spec).expanduser()
     if not path.is_file():
         known = ", ".join(model.id for model in MODELS)
@@ -207,3 +218,11 @@ def resolve_model_spec(spec: str | Path) -> tuple[Path, str, ModelEntry | None]:
             hint="pass a model id or a weights file (" + ", ".join(SUFFIXES) + ")",
         )
     return path, path.name, None
+
+
+def _published(spec: str):
+    """The zoo's entry of that name, where the name is not also a file here."""
+    from upscaler.models.zoo import find_published
+
+    published = find_published(spec)
+    return published if published is not None and not Path(spec).expanduser().is_file() else None

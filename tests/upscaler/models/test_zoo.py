@@ -172,4 +172,6 @@ def test_an_unknown_name_lists_the_published_ones() -> None:
 def test_the_manifest_holds_real_sources() -> None:
     for entry in zoo.ZOO:
         assert entry.url.startswith("https://github.com/") and len(entry.sha256) == 64
-        assert entry.arch in ("rrdbnet", "compact") and entry.scale == 4
+        assert entry.arch in ("rrdbnet", "compact") and entry.scale in (2, 4)
+    names = {entry.name for entry in zoo.ZOO}
+    assert {"RealESRGAN_x4plus", "RealESRGAN_x2plus", "realesr-animevideov3", "realesr-general-x4v3"} <= names

@@ -23,8 +23,6 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
-
-
 def tiny_weights(tmp_path: Path, arch: str, seed: int = 0) -> Path:
     """A randomly initialised tiny model of `arch`, saved as .safetensors; returns the file."""
     import torch

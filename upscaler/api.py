@@ -13,7 +13,6 @@ model is opened.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,47 +202,28 @@ def open_with(
     return Model(upscaler, lambda: context.__exit__(None, None, None), resolved)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Kind:
-    dtype: np.dtype
-    channels: int  # 1 (2-D array), 3 or 4
-
-
 def _picture(pixels: np.ndarray):
-    from upscaler.picture import Picture
+    """The Picture of an array the API was given, and what to give back: its dtype, and its channel
+    count (0 for a 2-D gray array)."""
+    from upscaler.image.formats import pixels_to_picture
 
-    if pixels.ndim == 2:
-        channels = 1
-    elif pixels.ndim == 3 and pixels.shape[2] in (1, 3, 4):
-        channels = pixels.shape[2]
-    else:
+    channels = pixels.shape[2] if pixels.ndim == 3 else 0
+    if pixels.ndim not in (2, 3) or channels not in (0, 1, 3, 4):
         raise InputError(f"expected an H x W, H x W x 3 or H x W x 4 image, got shape {pixels.shape}")
-    if pixels.dtype == np.uint8:
-        levels = pixels.astype(np.float32) / 255.0
-    elif pixels.dtype == np.uint16:
-        levels = pixels.astype(np.float32) / 65535.0
-    elif np.issubdtype(pixels.dtype, np.floating):
-        levels = np.clip(pixels.astype(np.float32), 0.0, 1.0)
-    else:
-        raise InputError(f"expected uint8, uint16 or float pixels, got {pixels.dtype}")
-    if channels == 1:
-        plane = levels if levels.ndim == 2 else levels[:, :, 0]
-        rgb, alpha = np.repeat(plane[:, :, None], 3, axis=2), None
-    else:
-        rgb, alpha = (
-            np.ascontiguousarray(levels[:, :, :3]),
-            (levels[:, :, 3].copy() if channels == 4 else None),
-        )
-    depth = 16 if pixels.dtype == np.uint16 else 8
-    return Picture(rgb=rgb, alpha=alpha, depth=depth, grayscale=channels == 1), _Kind(pixels.dtype, channels)
+    return pixels_to_picture(pixels, bgr=False), (pixels.dtype, channels)
 
 
-def _pixels(picture, kind: _Kind) -> np.ndarray:
-    rgb = picture.rgb.mean(axis=2) if kind.channels == 1 else picture.rgb
-    if kind.channels == 4:
-        rgb = np.concatenate([rgb, picture.alpha[:, :, None]], axis=2)
-    if kind.dtype == np.uint8:
-        return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
-    if kind.dtype == np.uint16:
-        return np.clip(np.rint(rgb * 65535.0), 0, 65535).astype(np.uint16)
-    return rgb.astype(kind.dtype)
+def _pixels(picture, kind: tuple[np.dtype, int]) -> np.ndarray:
+    from upscaler.image.formats import quantize_levels
+
+    dtype, channels = kind
+    planes = picture.rgb.mean(axis=2) if picture.grayscale else picture.rgb
+    if channels in (1, 2):
+        planes = planes[:, :, None]
+    if picture.alpha is not None:
+        planes = np.dstack([planes, picture.alpha])
+    if dtype == np.uint8:
+        return quantize_levels(planes, 255.0, np.uint8)
+    if dtype == np.uint16:
+        return quantize_levels(planes, 65535.0, np.uint16)
+    return planes.astype(dtype)

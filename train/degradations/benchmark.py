@@ -13,7 +13,6 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from train.degradations.chain import blur, gaussian_noise
@@ -54,20 +53,14 @@ def degrade_image(hr: np.ndarray, name: str, settings: BenchmarkDegradation) -> 
     return encode_image(pixels, settings.codec, settings.crf, settings.preset)
 
 
-def png_bytes(pixels: np.ndarray) -> bytes:
-    """8-bit RGB pixels as a PNG file's bytes."""
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(pixels[..., ::-1]))
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return encoded.tobytes()
-
-
 def make_degraded_set(
     source: Path, destination: Path, settings: BenchmarkDegradation = BenchmarkDegradation()
 ) -> list[str]:
     """Write `destination`/HR and `destination`/LR_x<scale> from the HR images of set folder `source`
     (its HR/ when it has one); returns the names written. Each file is written whole or not at all."""
     from train.data.images import decode, find_images
+    from upscaler.image.formats import encode_image
+    from upscaler.picture import Picture
 
     source, destination = Path(source), Path(destination)
     hr_folder = source / "HR" if (source / "HR").is_dir() else source
@@ -79,7 +72,8 @@ def make_degraded_set(
         hr = mod_crop(decode(path), settings.scale)
         name = path.relative_to(hr_folder).with_suffix(".png")
         lr = degrade_image(hr, name.as_posix(), settings)
-        write_bytes_atomically(destination / "HR" / name, png_bytes(hr))
-        write_bytes_atomically(destination / f"LR_x{settings.scale}" / name, png_bytes(lr))
+        for folder, pixels in (("HR", hr), (f"LR_x{settings.scale}", lr)):
+            png = encode_image(Picture(rgb=pixels.astype(np.float32) / 255.0), ".png")
+            write_bytes_atomically(destination / folder / name, png)
         names.append(name.as_posix())
     return names

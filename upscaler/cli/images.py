@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import ModelRun, model_options
+from upscaler.cli.options import ModelRun, model_options, outscale_option
 
 
 @click.command()
@@ -20,12 +20,7 @@ from upscaler.cli.options import ModelRun, model_options
     help="Output folder (default: beside each input); with one input file, a file name (-o out.png).",
 )
 @model_options
-@click.option(
-    "--outscale",
-    "-s",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Final scale, resized after the model.",
-)
+@outscale_option
 @click.option(
     "--suffix",
     default=None,

@@ -63,6 +63,15 @@ def model_option(default: str = DEFAULT_MODEL) -> Callable:
     )
 
 
+# `--outscale` / `-s` of `upscale images` and `upscale video`.
+outscale_option = click.option(
+    "--outscale",
+    "-s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Final scale, resized after the model.",
+)
+
+
 def model_options(func: Callable | None = None, *, default: str = DEFAULT_MODEL):
     """The options every command that runs a model shares, handed to it as one `run: ModelRun`;
     `@model_options(default=...)` gives a command another default model."""

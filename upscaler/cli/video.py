@@ -12,7 +12,14 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import VIDEO_MODEL, ModelRun, encoder_option, model_options, resolve_model_run
+from upscaler.cli.options import (
+    VIDEO_MODEL,
+    ModelRun,
+    encoder_option,
+    model_options,
+    outscale_option,
+    resolve_model_run,
+)
 from upscaler.errors import OutputError
 
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)$")
@@ -54,12 +61,7 @@ class Seconds(click.ParamType):
 @click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("destination", metavar="OUTPUT", type=click.Path(path_type=Path))
 @model_options(default=VIDEO_MODEL)
-@click.option(
-    "--outscale",
-    "-s",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Final scale, resized after the model.",
-)
+@outscale_option
 @click.option(
     "--codec",
     help="Video encoder, e.g. libx264, libx265, libvpx-vp9, ffv1 (default: by the output's container).",

@@ -116,6 +116,13 @@ def _is_gray_alpha_png(data: np.ndarray) -> bool:
 
 
 def _to_picture(pixels: np.ndarray, path: Path) -> Picture:
+    return pixels_to_picture(pixels, bgr=True, what=f"cannot read {path}")
+
+
+def pixels_to_picture(pixels: np.ndarray, *, bgr: bool, what: str = "the image") -> Picture:
+    """A Picture of decoded pixels: H x W gray, or H x W x 1-4 channels (gray, gray + alpha, colour,
+    colour + alpha; `bgr`: colour in OpenCV's order, else RGB) of uint8, uint16 or float in [0, 1].
+    Raises InputError beginning with `what` for another pixel type or channel count."""
     if pixels.dtype == np.uint8:
         depth, scale = 8, 255.0
     elif pixels.dtype == np.uint16:
@@ -123,18 +130,18 @@ def _to_picture(pixels: np.ndarray, path: Path) -> Picture:
     elif pixels.dtype in (np.float32, np.float64):
         depth, scale = 16, 1.0
     else:
-        raise InputError(f"cannot read {path}: unsupported pixel type {pixels.dtype}")
+        raise InputError(f"{what}: unsupported pixel type {pixels.dtype} (expected uint8, uint16 or float)")
 
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    channels = pixels.shape[2]
+    channels = pixels.shape[2] if pixels.ndim == 3 else 0
     if channels in (1, 2):
         gray = _unit_float(pixels[:, :, 0], scale)
         rgb = np.repeat(gray[:, :, None], 3, axis=2)
     elif channels in (3, 4):
-        rgb = _unit_float(pixels[:, :, 2::-1], scale)
+        rgb = _unit_float(pixels[:, :, 2::-1] if bgr else pixels[:, :, :3], scale)
     else:
-        raise InputError(f"cannot read {path}: unsupported channel count {channels}")
+        raise InputError(f"{what}: unsupported channel count {channels} (got shape {pixels.shape})")
     alpha = _unit_float(pixels[:, :, -1], scale) if channels in (2, 4) else None
     return Picture(rgb=rgb, alpha=alpha, depth=depth, grayscale=channels <= 2)
 
@@ -287,13 +294,13 @@ def encode_image(picture: Picture, fmt: str, options: EncodeOptions | None = Non
         gray = picture.rgb.mean(axis=2, dtype=np.float32)
         if alpha is not None and fmt == ".png":
             return _encode_png_gray_alpha(
-                _quantize(np.dstack([gray, alpha]), top, dtype), options.png_compression
+                quantize_levels(np.dstack([gray, alpha]), top, dtype), options.png_compression
             )
         planes = np.dstack([gray, gray, gray, alpha]) if alpha is not None else gray
     else:
         bgr = picture.rgb[:, :, ::-1]
         planes = np.dstack([bgr, alpha]) if alpha is not None else bgr
-    pixels = _quantize(planes, top, dtype)
+    pixels = quantize_levels(planes, top, dtype)
 
     params: list[int] = []
     if fmt == ".png":
@@ -311,7 +318,8 @@ def encode_image(picture: Picture, fmt: str, options: EncodeOptions | None = Non
     return buffer.tobytes()
 
 
-def _quantize(values: np.ndarray, top: float, dtype: type[np.integer]) -> np.ndarray:
+def quantize_levels(values: np.ndarray, top: float, dtype: type[np.integer]) -> np.ndarray:
+    """Values in [0, 1] as integer levels up to `top`, rounded half up, as image files are written."""
     # Round half up (values are non-negative after the clip); truncation would darken by half a step.
     scaled = np.clip(values, 0.0, 1.0) * np.float32(top) + np.float32(0.5)
     return np.ascontiguousarray(scaled.astype(dtype))

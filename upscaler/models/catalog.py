@@ -84,6 +84,16 @@ _SMALL_RRDB = {"num_in_ch": 3, "num_out_ch": 3, "scale": 4, "num_feat": 32, "num
 # SRGAN's GAN stage keeps the shape of the SRResNet it starts from: one config for both ids.
 _SRRESNET = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 16, "scale": 4, "batch_norm": True}
 
+# The compact generator both `compact` and `realvideo` are.
+_COMPACT = {
+    "num_in_ch": 3,
+    "num_out_ch": 3,
+    "num_feat": 64,
+    "num_conv": 16,
+    "upscale": 4,
+    "act_type": "prelu",
+}
+
 MODELS: tuple[ModelEntry, ...] = (
     ModelEntry(
         id="rrdb-psnr",
@@ -103,14 +113,7 @@ MODELS: tuple[ModelEntry, ...] = (
         id="compact",
         arch="compact",
         description="Real-ESRGAN's compact VGG-style generator on L1, x4, 16 convs: fast, for video",
-        config={
-            "num_in_ch": 3,
-            "num_out_ch": 3,
-            "num_feat": 64,
-            "num_conv": 16,
-            "upscale": 4,
-            "act_type": "prelu",
-        },
+        config=_COMPACT,
         parameters=621424,
     ),
     ModelEntry(
@@ -135,14 +138,7 @@ MODELS: tuple[ModelEntry, ...] = (
         arch="compact",
         description="for real footage: the compact generator with ESRGAN's losses, trained on real-world "
         "degradations (blur, noise, resizing, JPEG, H.264/H.265), x4; fast",
-        config={
-            "num_in_ch": 3,
-            "num_out_ch": 3,
-            "num_feat": 64,
-            "num_conv": 16,
-            "upscale": 4,
-            "act_type": "prelu",
-        },
+        config=_COMPACT,
         degraded_rival="esrgan",
         parameters=621424,
     ),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +28,8 @@ class Files:
     def __init__(self) -> None:
         self.items: dict[str, tuple[bytes, str]] = {}
         self.requests: list[tuple[str, str | None]] = []
+        # a stalling response holds until the test is over, then ends
+        self.release = threading.Event()
 
 
 def handler_for(files: Files):
@@ -48,7 +49,7 @@ def handler_for(files: Files):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if how == "stall":
-                time.sleep(3)
+                files.release.wait(30)
                 return
             if how == "truncate-once":
                 files.items[self.path] = (data, "whole")  # the next request gets the rest
@@ -70,6 +71,7 @@ def server() -> Iterator[tuple[str, Files]]:
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", files
     finally:
+        files.release.set()
         httpd.shutdown()
         httpd.server_close()
 

@@ -26,6 +26,7 @@ LAYERS = {
     "upscaler.picture": 5,
     "upscaler.image": 5,
     "upscaler.video": 5,
+    "upscaler.cluster": 5,
     "upscaler.pipeline": 5,
     "upscaler.upscaling": 5,
     "upscaler.bench": 5,

@@ -18,6 +18,12 @@ class UpscaleError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self):
+        # Pickled with its hint, as it travels back from a cluster's worker. A subclass built from other
+        # arguments (a pipeline's StageError) travels as the base class, with the same message and hint.
+        kind = type(self) if type(self).__init__ is UpscaleError.__init__ else UpscaleError
+        return (kind, (self.message, self.hint))
+
 
 class ModelError(UpscaleError):
     """A model id, a weights file or an architecture that cannot be used."""

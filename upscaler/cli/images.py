@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from upscaler.cli.options import ModelRun, model_options, outscale_option
+from upscaler.cli.options import (
+    ModelRun,
+    check_cluster,
+    cluster_model,
+    cluster_options,
+    model_options,
+    outscale_option,
+)
 
 
 @click.command()
@@ -41,6 +48,7 @@ from upscaler.cli.options import ModelRun, model_options, outscale_option
 @click.option("--glob", "pattern", default=None, help="Only files whose name matches, e.g. '*.png'.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose output already exists.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (never an input).")
+@cluster_options
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def images(
     inputs,
@@ -53,6 +61,8 @@ def images(
     pattern,
     skip_existing,
     overwrite,
+    cluster,
+    gpus_per_task,
     no_progress,
 ) -> None:
     """Upscale image files and folders (recursively).
@@ -63,6 +73,7 @@ def images(
     Examples:
       upscale images photos/ -o big/ --model esrgan
       upscale images photo.jpg -o photo-x4.png
+      upscale images scans/ -o big/ --cluster tcp://10.0.0.5:8786
     """
     from upscaler.api import open_with
     from upscaler.errors import InputError
@@ -72,6 +83,9 @@ def images(
 
     if skip_existing and overwrite:
         raise click.UsageError("--skip-existing and --overwrite exclude each other")
+    if gpus_per_task is not None and cluster is None:
+        raise click.UsageError("--gpus-per-task goes with --cluster")
+    check_cluster(cluster)
     fmt = {"jpeg": "jpg", "tiff": "tif"}.get(fmt.lower(), fmt.lower()) if fmt else None
     if suffix and suffix[0] not in "_-.":
         suffix = f"_{suffix}"  # as Real-ESRGAN joins it: photo_out.png
@@ -86,9 +100,9 @@ def images(
             hint="give -o a folder for several images",
         )
     report = lambda line: click.echo(line, err=True)  # noqa: E731
-    with open_with(run.model, run.backend, run.backend_options, run.tile_options, report) as model:
-        upscaler, loaded = model.upscaler, model.upscaler.model
-        scale = upscaler.scale
+    encode = EncodeOptions(jpeg_quality=quality, webp_quality=quality) if quality else None
+
+    def plan_for(digest: str, scale: int, precision: str):
         plan = plan_outputs(
             found,
             output_dir=output_dir,
@@ -97,22 +111,55 @@ def images(
             fmt=fmt,
             overwrite=overwrite,
             skip_existing=skip_existing,
-            job=job_key(
-                loaded.digest,
-                precision=model.options.precision.value,
-                outscale=outscale,
-                format=fmt,
-                quality=quality,
-            ),
+            job=job_key(digest, precision=precision, outscale=outscale, format=fmt, quality=quality),
         )
         for line in plan.warnings:
             click.echo(f"Warning: {line}", err=True)
+        return plan
+
+    def announce(description: str, plan) -> None:
         done = f"; {len(plan.done)} already done by an earlier run" if plan.done else ""
-        click.echo(f"{upscaler.description}; {len(plan.tasks)} image(s) to upscale{done}", err=True)
-        encode = EncodeOptions(jpeg_quality=quality, webp_quality=quality) if quality else None
-        report = run_image_job(
-            plan, upscaler.upscale, scale=scale, outscale=outscale, encode=encode, progress=not no_progress
-        )
+        click.echo(f"{description}; {len(plan.tasks)} image(s) to upscale{done}", err=True)
+
+    if cluster is not None:
+        from upscaler.cli.options import resolve_model_run
+        from upscaler.cluster.connect import open_cluster, worker_count
+        from upscaler.cluster.images import run_images_on_cluster
+        from upscaler.models import load_model
+
+        loaded = load_model(run.model)
+        run = resolve_model_run(run, loaded.info.arch)
+        scale = loaded.info.scale
+        plan = plan_for(loaded.digest, scale, run.backend_options.precision.value)
+        with open_cluster(cluster) as client:
+            announce(
+                f"model {loaded.name} ({loaded.info.arch}, x{scale}) on backend {run.backend}, "
+                f"on the cluster {cluster} ({worker_count(client)} workers)",
+                plan,
+            )
+            report = run_images_on_cluster(
+                client,
+                plan,
+                cluster_model(run, loaded.digest, cluster),
+                scale=scale,
+                outscale=outscale,
+                encode=encode,
+                gpus_per_task=gpus_per_task,
+                progress=not no_progress,
+            )
+    else:
+        with open_with(run.model, run.backend, run.backend_options, run.tile_options, report) as model:
+            upscaler = model.upscaler
+            plan = plan_for(upscaler.model.digest, upscaler.scale, model.options.precision.value)
+            announce(upscaler.description, plan)
+            report = run_image_job(
+                plan,
+                upscaler.upscale,
+                scale=upscaler.scale,
+                outscale=outscale,
+                encode=encode,
+                progress=not no_progress,
+            )
     for _path, message in report.failed:
         click.echo(f"failed: {message}", err=True)
     click.echo(

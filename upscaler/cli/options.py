@@ -174,6 +174,49 @@ def model_options(func: Callable | None = None, *, default: str = DEFAULT_MODEL)
     return command
 
 
+def cluster_options(func: Callable) -> Callable:
+    """--cluster and --gpus-per-task, of `upscale images` and `upscale video`."""
+    func = click.option(
+        "--gpus-per-task",
+        type=click.FloatRange(min=0, min_open=True),
+        help="With --cluster: the GPU resource each task asks for, from workers started with "
+        "`--resources GPU=1`.",
+    )(func)
+    return click.option(
+        "--cluster",
+        metavar="ADDRESS",
+        help="Spread the work over a Dask cluster: its scheduler (tcp://host:8786), or local[:N] to start N "
+        "worker processes here (README, 'On a cluster').",
+    )(func)
+
+
+def check_cluster(address: str | None) -> None:
+    """Refuse a bad --cluster, or one without Dask installed, before the model is loaded."""
+    if address is None:
+        return
+    from upscaler.cluster.connect import check_address, import_distributed
+
+    check_address(address)
+    import_distributed()
+
+
+def cluster_model(run: ModelRun, digest: str, address: str):
+    """The `ModelSpec` the workers open: a weights file by its absolute path (on shared storage), and on
+    a local cluster the cores shared between its worker processes unless --threads says otherwise."""
+    from pathlib import Path
+
+    from upscaler.cluster.connect import local_workers
+    from upscaler.cluster.worker import ModelSpec
+    from upscaler.video.encode import usable_cores
+
+    model = str(Path(run.model).resolve()) if Path(run.model).is_file() else run.model
+    options = run.backend_options
+    workers = local_workers(address)
+    if workers is not None and options.threads is None:
+        options = dataclasses.replace(options, threads=max(1, usable_cores() // workers))
+    return ModelSpec(model, digest, run.backend, options, run.tile_options)
+
+
 class KeyValue(click.ParamType):
     """KEY=VALUE, handed to the encoder as it is."""
 

@@ -15,6 +15,9 @@ import click
 from upscaler.cli.options import (
     VIDEO_MODEL,
     ModelRun,
+    check_cluster,
+    cluster_model,
+    cluster_options,
     encoder_option,
     model_options,
     outscale_option,
@@ -102,6 +105,13 @@ class Seconds(click.ParamType):
     show_default=True,
     help="Frames per resumable part (a part ends at the first keyframe after that many).",
 )
+@cluster_options
+@click.option(
+    "--send-input",
+    is_flag=True,
+    help="With --cluster: send INPUT to the workers through the cluster (up to 2 GiB) instead of reading "
+    "it from storage they share.",
+)
 @click.option(
     "--progress",
     type=click.Choice(["bar", "json", "none"]),
@@ -127,6 +137,9 @@ def video(
     overwrite,
     resume,
     part_frames,
+    cluster,
+    gpus_per_task,
+    send_input,
     progress,
 ) -> None:
     """Upscale the video INPUT into OUTPUT (its container comes from the extension).
@@ -136,8 +149,9 @@ def video(
     run stops, the same command goes on where it stopped.
 
     \b
-    Example:
+    Examples:
       upscale video in.mp4 out.mp4 --model esrgan --crf 18
+      upscale video film.mkv film-x4.mkv --cluster tcp://10.0.0.5:8786
     """
     from upscaler.api import open_with
     from upscaler.video.encode import EncodeSettings
@@ -151,6 +165,9 @@ def video(
     os.environ.setdefault("SVT_LOG", "1")
     # What can be refused without the model is refused before it loads (torch takes seconds to import).
     check_input_path(source)
+    if (gpus_per_task is not None or send_input) and cluster is None:
+        raise click.UsageError("--gpus-per-task and --send-input go with --cluster")
+    check_cluster(cluster)
     from upscaler.models import load_model
 
     loaded = load_model(run.model)
@@ -179,19 +196,32 @@ def video(
         )
     info = plan.source
     show = _Display(progress)
+    sizes = f"{info.width}x{info.height} -> {plan.width}x{plan.height}"
+    what = f"{info.path.name} {sizes}, {plan.encoding.describe()}"
     try:
-        # Another run writing the same output stops here, before the model is loaded onto the device.
-        with (
-            hold_output(plan.destination),
-            open_with(loaded, run.backend, run.backend_options, run.tile_options) as model,
-        ):
-            upscaler = model.upscaler
-            click.echo(
-                f"{upscaler.description}; {info.path.name} {info.width}x{info.height} -> "
-                f"{plan.width}x{plan.height}, {plan.encoding.describe()}",
-                err=True,
-            )
-            report = run_video_job(plan, upscaler, resume=resume, events=show)
+        if cluster is not None:
+            from upscaler.cluster.connect import open_cluster, worker_count
+            from upscaler.cluster.video import ClusterParts
+            from upscaler.video.job import run_parts_job
+
+            spec = cluster_model(run, loaded.digest, cluster)
+            with hold_output(plan.destination), open_cluster(cluster) as client:
+                model = f"model {loaded.name} ({loaded.info.arch}, x{loaded.info.scale})"
+                click.echo(
+                    f"{model} on backend {run.backend}, on the cluster {cluster} "
+                    f"({worker_count(client)} workers); {what}",
+                    err=True,
+                )
+                parts = ClusterParts(client, spec, send_input=send_input, gpus_per_task=gpus_per_task)
+                report = run_parts_job(plan, parts, resume=resume, events=show)
+        else:
+            # Another run writing the same output stops here, before the model is loaded onto the device.
+            with (
+                hold_output(plan.destination),
+                open_with(loaded, run.backend, run.backend_options, run.tile_options) as model,
+            ):
+                click.echo(f"{model.upscaler.description}; {what}", err=True)
+                report = run_video_job(plan, model.upscaler, resume=resume, events=show)
     except KeyboardInterrupt:
         show.close()
         kept = f"; finished parts are kept in {plan.work_dir}, run the same command to resume"

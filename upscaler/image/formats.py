@@ -234,13 +234,19 @@ def write_image(
     folder must exist.
     """
     path = Path(path)
-    fmt = output_format(path.suffix)
-    encoded = encode_image(picture, fmt, options or EncodeOptions())
-    if mark:
-        encoded = add_mark(encoded, fmt, MARK_PREFIX + mark)
+    encoded = image_bytes(path.suffix, picture, options, mark)
     # No folder is made here: the job plans its output folders, and a missing one is a mistake to report.
     with write_atomically(path) as temporary:
         temporary.write_bytes(encoded)
+
+
+def image_bytes(suffix: str, picture: Picture, options: EncodeOptions | None = None, mark: str = "") -> bytes:
+    """The file `write_image` writes for a path ending in `suffix`, as bytes."""
+    fmt = output_format(suffix)
+    encoded = encode_image(picture, fmt, options or EncodeOptions())
+    if mark:
+        encoded = add_mark(encoded, fmt, MARK_PREFIX + mark)
+    return encoded
 
 
 def add_mark(encoded: bytes, fmt: str, text: str) -> bytes:

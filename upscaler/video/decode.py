@@ -70,6 +70,36 @@ def decode_frames(
     no frame decodes raises InputError. `deinterlace` runs FFmpeg's bwdif filter (one frame per frame, so
     timestamps stay as they are).
     """
+    converter = _Converter(info)
+    with contextlib.closing(_wanted(info, start, duration, after_pts, deinterlace, problems)) as frames:
+        for pts, frame in frames:
+            yield VideoFrame(pts=pts, key_frame=bool(frame.key_frame), levels=converter.levels(frame))
+
+
+def frame_stamps(
+    info: VideoInfo,
+    *,
+    start: float | None = None,
+    duration: float | None = None,
+    deinterlace: bool = False,
+    problems: list[str] | None = None,
+) -> Iterator[tuple[int, bool]]:
+    """(pts, keyframe) of every frame `decode_frames` gives with the same arguments, without turning any
+    into RGB: where a job's parts will be cut (`upscaler.video.cuts`), known before any is made."""
+    with contextlib.closing(_wanted(info, start, duration, None, deinterlace, problems)) as frames:
+        for pts, frame in frames:
+            yield pts, bool(frame.key_frame)
+
+
+def _wanted(
+    info: VideoInfo,
+    start: float | None,
+    duration: float | None,
+    after_pts: int | None,
+    deinterlace: bool,
+    problems: list[str] | None,
+) -> Iterator[tuple[int, av.VideoFrame]]:
+    """The (pts, frame) pairs `decode_frames` describes, as decoded."""
     wanted_from = None
     if start is not None and start > 0:
         wanted_from = info.start_pts + _first_tick_at(start, info.time_base)
@@ -79,7 +109,6 @@ def decode_frames(
     targets = [pts for pts in (wanted_from, after_pts) if pts is not None]
     seek_to = max(targets) if targets else None
 
-    converter = _Converter(info)
     count = 0
     last_pts = None
     reason = None
@@ -94,7 +123,7 @@ def decode_frames(
                 continue
             count += 1
             last_pts = pts
-            yield VideoFrame(pts=pts, key_frame=bool(frame.key_frame), levels=converter.levels(frame))
+            yield pts, frame
         else:
             reason = frames.reason
     finally:

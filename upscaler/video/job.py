@@ -85,6 +85,64 @@ QUEUE_BYTES = 64 * 1024**2
 _SMALLEST_QUEUE = 2
 
 
+class PartMaker(Protocol):
+    """Makes the parts of a job that `journal` does not hold yet: each one written into plan.work_dir
+    under the name the order gives it (`part_name`) and appended to journal.parts (sealed, then the
+    journal written) in order. Progress goes to `events`, warnings and notes to `notify`. On one
+    machine that is `LocalParts`; on a cluster, `upscaler.cluster.video.ClusterParts`."""
+
+    def __call__(
+        self,
+        plan: VideoPlan,
+        journal: Journal,
+        events: Callable[[Event], None],
+        notify: Callable[[Note], None],
+    ) -> None: ...
+
+
+class LocalParts:
+    """The parts made here, in order: decode, upscale (in the calling thread) and encode, overlapped."""
+
+    def __init__(
+        self,
+        upscale: Upscale | UpscaleStream,
+        progress_interval: float = 0.5,
+        queue_size: tuple[int, int] | None = None,
+    ) -> None:
+        self.upscale = upscale
+        self.progress_interval = progress_interval
+        self.queue_size = queue_size
+
+    def __call__(
+        self,
+        plan: VideoPlan,
+        journal: Journal,
+        events: Callable[[Event], None],
+        notify: Callable[[Note], None],
+    ) -> None:
+        # Parts a cluster finished out of order are made again here, in order, under the same names.
+        journal.ahead.clear()
+        problems: list[str] = []
+        after_pts = journal.parts[-1].last_pts if journal.parts else None
+        frames = decode_frames(
+            plan.source,
+            start=plan.start,
+            duration=plan.duration,
+            after_pts=after_pts,
+            deinterlace=plan.deinterlace,
+            problems=problems,
+        )
+        run_pipeline(
+            frames,
+            infer_stage(self.upscale, plan),
+            PartSink(plan, journal, events, self.progress_interval),
+            queue_size=self.queue_size or queue_sizes(plan),
+            first_frame=journal.frames,
+        )
+        for line in problems:
+            notify(Note(line, warning=True))
+
+
 def run_video_job(
     plan: VideoPlan,
     upscale: Upscale | UpscaleStream,
@@ -103,6 +161,19 @@ def run_video_job(
     frame sizes (see DECODE_QUEUE_FRAMES). Raises UpscaleError; on any failure no output file is left
     behind, and the finished parts stay in plan.work_dir for the next run (the error's hint says so).
     """
+    parts = LocalParts(upscale, progress_interval, queue_size)
+    return run_parts_job(plan, parts, resume=resume, events=events)
+
+
+def run_parts_job(
+    plan: VideoPlan,
+    make_parts: PartMaker,
+    *,
+    resume: bool = True,
+    events: Callable[[Event], None] | None = None,
+) -> VideoReport:
+    """`run_video_job` with the parts made by `make_parts` (here, or on a cluster): the output held,
+    the journal opened, the missing parts made, then everything muxed into the output."""
     started = time.monotonic()
     warnings: list[str] = list(plan.warnings)
 
@@ -125,28 +196,9 @@ def run_video_job(
         _remove_mux_leftovers(plan.destination)
         journal = open_journal(plan, resume, notify)
         resumed_parts, resumed_frames = len(journal.parts), journal.frames
-        sink = PartSink(plan, journal, events or (lambda event: None), progress_interval)
         try:
             if not journal.complete:
-                problems: list[str] = []
-                after_pts = journal.parts[-1].last_pts if journal.parts else None
-                frames = decode_frames(
-                    plan.source,
-                    start=plan.start,
-                    duration=plan.duration,
-                    after_pts=after_pts,
-                    deinterlace=plan.deinterlace,
-                    problems=problems,
-                )
-                run_pipeline(
-                    frames,
-                    _infer_stage(upscale, plan),
-                    sink,
-                    queue_size=queue_size or _queue_sizes(plan),
-                    first_frame=journal.frames,
-                )
-                for line in problems:
-                    notify(Note(line, warning=True))
+                make_parts(plan, journal, events or (lambda event: None), notify)
                 if not journal.parts:
                     raise InputError(_no_frames_message(plan))
                 journal.complete = True
@@ -176,9 +228,10 @@ def run_video_job(
     )
 
 
-def _infer_stage(
+def infer_stage(
     upscale: Upscale | UpscaleStream, plan: VideoPlan
 ) -> Callable[[VideoFrame], Upscaled] | InferStream[VideoFrame, Upscaled]:
+    """The infer stage of a job's pipeline (frames in, `Upscaled` out), with --stabilize applied."""
     # One infer stage sees the frames in order, as the stabilizer must (--stabilize).
     stabilizer = Stabilizer() if plan.stabilize else None
     if isinstance(upscale, UpscaleStream):
@@ -199,7 +252,8 @@ def _stabilized(frame: VideoFrame, upscaled: Upscaled, stabilizer: Stabilizer | 
     return Upscaled(upscaled.pts, upscaled.key_frame, levels)
 
 
-def _queue_sizes(plan: VideoPlan) -> tuple[int, int]:
+def queue_sizes(plan: VideoPlan) -> tuple[int, int]:
+    """The (decode, encode) queue depths in frames for `plan`'s frame sizes (see DECODE_QUEUE_FRAMES)."""
     decoded = plan.source.width * plan.source.height * 3 * (2 if plan.source.bit_depth > 8 else 1)
     upscaled = plan.width * plan.height * 3 * np.dtype(level_dtype(plan.encoding.bit_depth)).itemsize
     return _queue_depth(DECODE_QUEUE_FRAMES, decoded), _queue_depth(ENCODE_QUEUE_FRAMES, upscaled)

@@ -39,11 +39,15 @@ class PartRecord:
 
 @dataclass
 class Journal:
-    """What the work folder holds: the fingerprint it was made for and the finished parts, in order."""
+    """What the work folder holds: the fingerprint it was made for and the finished parts, in order.
+
+    ahead: parts a cluster finished past the first part still missing (`upscaler.cluster.video`); a run
+    on one machine, which makes parts in order, makes them again."""
 
     fingerprint: str
     parts: list[PartRecord] = field(default_factory=list)
     complete: bool = False
+    ahead: list[PartRecord] = field(default_factory=list)
 
     @property
     def frames(self) -> int:
@@ -59,20 +63,25 @@ def read_journal(path: Path) -> Journal | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("version") != JOURNAL_VERSION:
             return None
-        parts = [
-            PartRecord(
-                file=str(part["file"]),
-                frames=int(part["frames"]),
-                first_pts=int(part["first_pts"]),
-                last_pts=int(part["last_pts"]),
-                size=int(part["size"]),
-                sha256=str(part["sha256"]),
-            )
-            for part in data["parts"]
-        ]
-        return Journal(fingerprint=str(data["fingerprint"]), parts=parts, complete=bool(data["complete"]))
+        return Journal(
+            fingerprint=str(data["fingerprint"]),
+            parts=[_record(part) for part in data["parts"]],
+            complete=bool(data["complete"]),
+            ahead=[_record(part) for part in data.get("ahead", [])],
+        )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _record(part: dict) -> PartRecord:
+    return PartRecord(
+        file=str(part["file"]),
+        frames=int(part["frames"]),
+        first_pts=int(part["first_pts"]),
+        last_pts=int(part["last_pts"]),
+        size=int(part["size"]),
+        sha256=str(part["sha256"]),
+    )
 
 
 def write_journal(path: Path, journal: Journal) -> None:
@@ -84,6 +93,8 @@ def write_journal(path: Path, journal: Journal) -> None:
         "complete": journal.complete,
         "parts": [asdict(part) for part in journal.parts],
     }
+    if journal.ahead:
+        data["ahead"] = [asdict(part) for part in journal.ahead]
     write_bytes_atomically(path, (json.dumps(data, indent=1) + "\n").encode(), durable=True)
 
 

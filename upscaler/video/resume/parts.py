@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 
@@ -71,7 +70,7 @@ def open_journal(plan: VideoPlan, resume: bool, notify: Callable[[Note], None]) 
                 )
                 for later in found.parts[index:]:
                     (plan.work_dir / later.file).unlink(missing_ok=True)
-                found = Journal(plan.fingerprint, found.parts[:index])
+                found = Journal(plan.fingerprint, found.parts[:index], ahead=found.ahead)
                 write_journal(plan.journal_path, found)
                 break
         if found.parts:
@@ -92,6 +91,20 @@ def open_journal(plan: VideoPlan, resume: bool, notify: Callable[[Note], None]) 
 
 
 # ------------------------------------------------------------------------------------------- running
+
+
+def part_is_full(plan: VideoPlan, count: int, first: int, last: int) -> bool:
+    """Whether a part of `count` frames from pts `first` to `last` ends at the next keyframe: the one
+    rule that cuts a job into parts, wherever the parts are made."""
+    if count >= plan.part_frames:
+        return True
+    seconds = plan.part_seconds
+    return seconds is not None and float((last - first) * plan.source.time_base) >= seconds
+
+
+def part_name(plan: VideoPlan, index: int) -> str:
+    """The file name of the job's part number `index` (from 0) in its work folder."""
+    return f"part-{index:05d}{plan.encoding.part_suffix}"
 
 
 @dataclass(frozen=True)
@@ -123,13 +136,12 @@ class PartSink:
         self.ended = False
 
     def __call__(self, frames: Iterator[Upscaled]) -> int:
-        time_base = self.plan.source.time_base
         stack = ExitStack()
         writer: PartWriter | None = None
         count = first = last = 0
         try:
             for frame in frames:
-                if writer is not None and frame.key_frame and self._full(count, first, last, time_base):
+                if writer is not None and frame.key_frame and part_is_full(self.plan, count, first, last):
                     stack.close()
                     writer = None
                     self._finished(PartRecord(self._name(), count, first, last))
@@ -159,14 +171,8 @@ class PartSink:
                 raise
         return self.new_frames
 
-    def _full(self, count: int, first: int, last: int, time_base: Fraction) -> bool:
-        if count >= self.plan.part_frames:
-            return True
-        seconds = self.plan.part_seconds
-        return seconds is not None and float((last - first) * time_base) >= seconds
-
     def _name(self) -> str:
-        return f"part-{len(self.journal.parts):05d}{self.plan.encoding.part_suffix}"
+        return part_name(self.plan, len(self.journal.parts))
 
     def _finished(self, part: PartRecord) -> None:
         # On the disk before the journal counts it: a crash after this point leaves a whole part.

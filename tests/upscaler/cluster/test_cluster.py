@@ -409,7 +409,8 @@ def test_a_plain_run_imports_nothing_of_dask(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
     code = (
         "import sys\nfrom upscaler.cli import cli\n"
-        f"cli.main(['images', {str(tmp_path / 'a.png')!r}, '--model', {str(weights)!r}], standalone_mode=False)\n"
+        f"args = ['images', {str(tmp_path / 'a.png')!r}, '--model', {str(weights)!r}]\n"
+        "cli.main(args, standalone_mode=False)\n"
         "print(sorted(name for name in sys.modules if name.split('.')[0] in ('distributed', 'dask')))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}

@@ -1,7 +1,7 @@
 """What a Dask cluster costs and gives on this machine: `upscale video` on one machine against the same
 job on local clusters of 1 and 2 worker processes, and the time a cluster takes to start.
 
-The clip is the bundled sample's first `--frames` frames, encoded again with a keyframe every
+The clip is `--frames` frames of the bundled sample (its 24, back and forth), encoded again with a keyframe every
 `--gop` frames, so that `--part-frames` cuts it into several parts. Every job runs the same model
 (`--model`, default compact) with the same settings; each cluster is warmed by one job first (its
 workers load the model once, as they do for a long job), then the timed jobs run. Prints the seconds of
@@ -35,14 +35,16 @@ SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "big_buck_bunny_320x
 
 
 def make_clip(path: Path, frames: int, gop: int) -> Path:
-    with av.open(str(SAMPLE)) as source, av.open(str(path), "w") as out:
+    with av.open(str(SAMPLE)) as source:
+        pictures = [frame.to_ndarray(format="rgb24") for frame in source.decode(video=0)]
+    with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=24)
         stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
-        stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "crf": "18"}
-        for index, frame in enumerate(source.decode(video=0)):
-            if index == frames:
-                break
-            picture = av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")
+        stream.options = {"g": str(gop), "crf": "18"}
+        # The sample's 24 frames, forwards then backwards, as often as it takes.
+        cycle = pictures + pictures[::-1]
+        for index in range(frames):
+            picture = av.VideoFrame.from_ndarray(cycle[index % len(cycle)], format="rgb24")
             out.mux(stream.encode(picture))
         out.mux(stream.encode(None))
     return path

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import os
 import shutil
 import tempfile
 import threading
@@ -26,15 +27,19 @@ from upscaler.image.formats import EncodeOptions, image_bytes, read_image
 from upscaler.options import BackendOptions, TileOptions
 from upscaler.picture import upscale_picture
 from upscaler.pipeline import run_pipeline
+from upscaler.system.allocator import keep_freed_memory
 from upscaler.video import encode
 from upscaler.video.cuts import Cut
 from upscaler.video.decode import VideoFrame, decode_frames
+from upscaler.video.encode import usable_cores
 from upscaler.video.job import infer_stage, queue_sizes
 from upscaler.video.plan import VideoPlan
 from upscaler.video.resume.parts import Upscaled
 from upscaler.video.writer import PartWriter
 
 PROGRESS_TOPIC = "upscale-progress"
+# What Dask's nanny sets in every worker's environment (distributed.nanny.pre-spawn-environ).
+DASK_TRIM_THRESHOLD = "65536"
 # How often a worker reports the frames of the part it is making.
 PROGRESS_INTERVAL_S = 0.5
 
@@ -202,6 +207,7 @@ def _upscaler(spec: ModelSpec) -> Any:
     from upscaler.models import load_model
     from upscaler.upscaling import open_upscaler
 
+    _tune_process()
     loaded = load_model(spec.model)
     if loaded.digest != spec.digest:
         raise ModelError(
@@ -209,9 +215,23 @@ def _upscaler(spec: ModelSpec) -> Any:
             f"(digest {loaded.digest[:12]}, expected {spec.digest[:12]})",
             hint="give every machine the same weights file and the same version of upscale",
         )
-    context = open_upscaler(loaded, spec.backend, spec.options, spec.tiles)
+    options = spec.options
+    if options.threads is None:
+        # Dask starts workers with OMP_NUM_THREADS=1, which torch would take for the thread count.
+        options = replace(options, threads=usable_cores())
+    context = open_upscaler(loaded, spec.backend, options, spec.tiles)
     _opened.update(spec=spec, upscaler=context.__enter__(), context=context)
     return _opened["upscaler"]
+
+
+def _tune_process() -> None:
+    """Keep freed memory in this worker process, as the CLI does in its own (upscaler.system.allocator).
+    Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which is Dask's choice, not the
+    user's: left alone, it made a part 40% slower here (BENCHMARKS.md, "Cluster")."""
+    environ = dict(os.environ)
+    if environ.get("MALLOC_TRIM_THRESHOLD_") == DASK_TRIM_THRESHOLD:
+        del environ["MALLOC_TRIM_THRESHOLD_"]
+    keep_freed_memory(environ)
 
 
 def _close_model() -> None:

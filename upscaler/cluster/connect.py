@@ -47,15 +47,12 @@ def import_distributed() -> Any:
 
 
 def local_workers(address: str) -> int | None:
-    """How many worker processes `local[:N]` starts (N, or one per usable core), or None for an address."""
+    """How many worker processes `local[:N]` starts (N, else 1), or None for an address. One by default:
+    one process already uses every core, and more on the same cores only share them (BENCHMARKS.md)."""
     match = _LOCAL.match(address)
     if match is None:
         return None
-    if match.group(1) is not None:
-        return int(match.group(1))
-    from upscaler.video.encode import usable_cores
-
-    return max(1, usable_cores())
+    return int(match.group(1)) if match.group(1) is not None else 1
 
 
 @contextlib.contextmanager

@@ -77,9 +77,9 @@ def test_a_bad_cluster_address_is_refused_in_one_line(address: str) -> None:
         check_address(address)
 
 
-def test_local_means_one_worker_per_core() -> None:
+def test_local_means_one_worker_unless_told() -> None:
     assert local_workers("local:3") == 3
-    assert local_workers("local") >= 1
+    assert local_workers("local") == 1
     assert local_workers("tcp://h:1") is None
 
 

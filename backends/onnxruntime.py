@@ -108,6 +108,10 @@ class OnnxRuntimeSession(ClosingSession):
                 "the exported opset)",
                 hint="use --backend torch for bf16, or fp32",
             )
+        if precision is Precision.INT8:
+            raise BackendError(
+                "--precision: the onnxruntime backend has no int8", hint="use --backend openvino for int8"
+            )
         if precision is Precision.FP16 and self.device == "cpu":
             raise BackendError(
                 "--precision: fp16 is not supported on the CPU", hint="use fp32 (or --backend torch for bf16)"

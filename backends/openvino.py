@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from backends.openvino_int8 import quantized_ir
 from upscaler.backend import ClosingSession
 from upscaler.errors import BackendError, OutOfMemory
 from upscaler.export import INPUT_NAME, cached_onnx, default_cache_dir, load_cached
@@ -48,8 +49,9 @@ ONNX_HINT = "onnx is not installed (the graph is exported through it): pip insta
 DEVICE = "CPU"
 # OpenVINO's element type (an `openvino.Type` attribute) for each precision, and the capability its
 # CPU plugin lists when it can run that precision.
-ELEMENT_TYPE = {Precision.FP32: "f32", Precision.BF16: "bf16", Precision.FP16: "f16"}
-CAPABILITY = {Precision.BF16: "BF16", Precision.FP16: "FP16"}
+# int8 runs its quantized convolutions in int8 and what is left in f32.
+ELEMENT_TYPE = {Precision.FP32: "f32", Precision.BF16: "bf16", Precision.FP16: "f16", Precision.INT8: "f32"}
+CAPABILITY = {Precision.BF16: "BF16", Precision.FP16: "FP16", Precision.INT8: "INT8"}
 
 
 class OpenVINOBackend:
@@ -95,6 +97,10 @@ def check_precision(precision: Precision, capabilities: list[str]) -> None:
         raise BackendError(
             "--precision: fp16 is not supported on the CPU", hint="use --precision fp32 (or bf16) on the CPU"
         )
+    if precision is Precision.INT8:
+        raise BackendError(
+            "--precision: OpenVINO lists no int8 on this CPU", hint="use --precision fp32 (or bf16)"
+        )
     raise BackendError(
         f"--precision: OpenVINO has no {precision.value} on this CPU (it needs AVX512_BF16 or AMX)",
         hint="use --precision fp32, or --backend torch for bf16",
@@ -138,12 +144,16 @@ class OpenVINOSession(ClosingSession):
         }
         if options.threads is not None:
             config[props.inference_num_threads] = options.threads
-        self.compiled, self.export = load_cached(
-            self.export,
-            lambda path: core.compile_model(core.read_model(str(path)), DEVICE, config),
-            lambda: cached_onnx(model, Precision.FP32, cache_dir, form=SPLIT_DENSE),
-            "openvino backend",
-        )
+        if precision is Precision.INT8:
+            xml = quantized_ir(core, self.export, model, cache_dir)
+            self.compiled = core.compile_model(core.read_model(str(xml)), DEVICE, config)
+        else:
+            self.compiled, self.export = load_cached(
+                self.export,
+                lambda path: core.compile_model(core.read_model(str(path)), DEVICE, config),
+                lambda: cached_onnx(model, Precision.FP32, cache_dir, form=SPLIT_DENSE),
+                "openvino backend",
+            )
         chosen = self.compiled.get_property(hints.inference_precision)
         if chosen != wanted:
             raise BackendError(

@@ -85,6 +85,10 @@ def resolve_device(requested: str) -> torch.device:
 def torch_dtype(precision: Precision, device: torch.device) -> torch.dtype:
     import torch
 
+    if precision is Precision.INT8:
+        raise BackendError(
+            "--precision: the torch backend has no int8", hint="use --backend openvino for int8 on the CPU"
+        )
     if precision is Precision.FP16 and device.type == "cpu":
         raise BackendError(
             "--precision: fp16 is not supported on the CPU", hint="use --precision bf16 or fp32 on the CPU"

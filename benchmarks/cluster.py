@@ -1,9 +1,9 @@
 """What a Dask cluster costs and gives on this machine: `upscale video` on one machine against the same
 job on local clusters of 1 and 2 worker processes, and the time a cluster takes to start.
 
-The clip is `--frames` frames of the bundled sample (its 24, back and forth), encoded again with a keyframe every
-`--gop` frames, so that `--part-frames` cuts it into several parts. Every job runs the same model
-(`--model`, default compact) with the same settings; each cluster is warmed by one job first (its
+The clip is `--frames` frames of the bundled sample (its 24, back and forth), encoded again with a
+keyframe every `--gop` frames, so that `--part-frames` cuts it into several parts. Every job runs the
+same model (`--model`, default compact) with the same settings; each cluster is warmed by one job first (its
 workers load the model once, as they do for a long job), then the timed jobs run. Prints the seconds of
 each run, the overhead per part (cluster of 1 worker against one machine, both with every core), the
 speed-up of 2 workers over 1, and checks that every output is the same file as the one-machine run's.

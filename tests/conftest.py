@@ -42,6 +42,9 @@ def compact_weights(tmp_path: Path) -> Path:
     return tiny_weights(tmp_path, "compact")
 
 
+MEASURE_VARIABLE = "UPSCALER_MEASURE_FROM"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_caches(tmp_path_factory: pytest.TempPathFactory):
     """Every cache and weights folder of the tool points into the test run's own temporary folder, so
@@ -52,6 +55,10 @@ def _private_caches(tmp_path_factory: pytest.TempPathFactory):
     saved = {name: os.environ.get(name) for name in _PRIVATE_FOLDERS}
     for name, folder in _PRIVATE_FOLDERS.items():
         os.environ[name] = str(base / folder)
+    # Every test makes models of its own: measuring backends for each would cost seconds a test.
+    # tests/upscaler/test_selection.py measures on purpose.
+    saved[MEASURE_VARIABLE] = os.environ.get(MEASURE_VARIABLE)
+    os.environ[MEASURE_VARIABLE] = "1000000000"
     yield base
     for name, value in saved.items():
         if value is None:

@@ -29,6 +29,7 @@ LAYERS = {
     "upscaler.cluster": 5,
     "upscaler.pipeline": 5,
     "upscaler.upscaling": 5,
+    "upscaler.selection": 5,
     "upscaler.bench": 5,
     "upscaler.cli": 6,
     "upscaler": 6,

@@ -14,6 +14,7 @@ model is opened.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,27 +31,52 @@ if TYPE_CHECKING:
 
 
 def resolve_options(
-    model_arch: str | None, backend: str, options: BackendOptions
-) -> tuple[str, BackendOptions, str | None]:
-    """(the backend `auto` picks for this architecture, the options with `--precision auto` decided, a
-    note saying what auto chose or None): decided before the model is opened, so what is opened (and
-    what a video journal records) is concrete."""
-    from upscaler.backend import get_backend
-    from upscaler.precision import resolve_precision
+    model_arch: str | None,
+    backend: str,
+    options: BackendOptions,
+    costs: dict[str, float] | None = None,
+) -> tuple[str, BackendOptions, tuple[str, ...]]:
+    """(the backend `auto` picks for this architecture, the options with `--precision auto` decided,
+    why auto chose each, in a few words): decided before the model is opened, so what is opened (and
+    what a video journal records) is concrete. `costs`: the model's measured precision costs
+    (`upscaler.precision.measured_costs`), which auto weighs."""
+    from upscaler.backend import INT8_BACKEND, discover_backends, get_backend, runs_on_cpu
+    from upscaler.precision import int8_choice, resolve_precision
+    from upscaler.system.runtimes import installed
+    from upscaler.values import Precision
 
+    if (
+        options.precision is Precision.AUTO
+        and backend in ("auto", INT8_BACKEND)
+        and runs_on_cpu(options.device)
+    ):
+        status = discover_backends().get(INT8_BACKEND)
+        runs = status is not None and status.available and installed("nncf")
+        choice = int8_choice(costs) if runs else None
+        if choice is not None:
+            return INT8_BACKEND, replace(options, precision=Precision.INT8), (choice.reason,)
+    if options.precision is Precision.INT8 and backend == "auto":
+        return INT8_BACKEND, options, ("auto: int8 runs on openvino",)
     chosen = get_backend(backend, options, model_arch)
-    resolved, reason = resolve_precision(chosen, options)
-    note = f"Precision: {resolved.precision.value} ({reason})" if reason is not None else None
-    return chosen.name, resolved, note
+    resolved, reason = resolve_precision(chosen, options, costs)
+    return chosen.name, resolved, (reason,) if reason is not None else ()
 
 
 class Model:
     """An opened model: `upscale` images and videos with it, then `close` it (or use `with`)."""
 
-    def __init__(self, upscaler: Upscaler, closing: Callable[[], None], options: BackendOptions) -> None:
+    def __init__(
+        self,
+        upscaler: Upscaler,
+        closing: Callable[[], None],
+        options: BackendOptions,
+        reasons: tuple[str, ...] = (),
+    ) -> None:
         self._upscaler = upscaler
         self._closing = closing
         self.options = options
+        # Why `auto` chose the backend and the precision that run, in a few words each.
+        self.reasons = reasons
 
     @property
     def scale(self) -> int:
@@ -67,8 +93,10 @@ class Model:
 
     @property
     def description(self) -> str:
-        """`model esrgan (rrdbnet, x4) on backend torch`."""
-        return self._upscaler.description
+        """`model esrgan (rrdbnet, x4) on backend torch in bf16 (auto: ...)`: what runs, and why auto
+        chose it."""
+        why = f" ({'; '.join(self.reasons)})" if self.reasons else ""
+        return f"{self._upscaler.description}{why}"
 
     @property
     def upscaler(self) -> Upscaler:
@@ -157,7 +185,7 @@ def open_model(
     *,
     backend: str = "auto",
     device: str = "auto",
-    precision: str | Precision = "fp32",
+    precision: str | Precision = "auto",
     threads: int | None = None,
     tile_size: int | None = None,
     tile_overlap: int | None = None,
@@ -166,8 +194,10 @@ def open_model(
     report: Callable[[str], None] | None = None,
 ) -> Model:
     """Load `model` (an id of `upscale models`, or a weights file) and open it on `backend` ("auto": the
-    best that runs here). `precision`: fp32, fp16, bf16 or auto; `tile_size` None plans tiles within
-    `memory_budget_gib` of activations. `report` receives a line when auto chose a precision."""
+    best that runs here). `precision`: auto (the fastest that costs this model no measured quality; see
+    upscaler.precision), fp32, fp16, bf16 or int8; `tile_size` None plans tiles within
+    `memory_budget_gib` of activations. `report` receives a line saying why, when auto chose the
+    backend or the precision."""
     options = BackendOptions(
         device=device,
         precision=precision if isinstance(precision, Precision) else Precision.parse(precision),
@@ -194,12 +224,20 @@ def open_with(
     from upscaler.upscaling import open_upscaler
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    name, resolved, note = resolve_options(loaded.info.arch, backend, options)
-    if note and report is not None:
-        report(note)
+    name, resolved, reasons = resolve_options(loaded.info.arch, backend, options, model_costs(loaded))
+    if reasons and report is not None:
+        report("; ".join(reasons))
     context = open_upscaler(loaded, name, resolved, tiles)
     upscaler = context.__enter__()
-    return Model(upscaler, lambda: context.__exit__(None, None, None), resolved)
+    return Model(upscaler, lambda: context.__exit__(None, None, None), resolved, reasons)
+
+
+def model_costs(loaded: LoadedModel) -> dict[str, float] | None:
+    """What each faster precision costs `loaded`, from its card (None for a model without one)."""
+    from upscaler.models.catalog import card_of
+    from upscaler.precision import measured_costs
+
+    return measured_costs(card_of(loaded.name, loaded.digest))
 
 
 def _picture(pixels: np.ndarray):

@@ -39,6 +39,8 @@ AUTO_PREFERENCE = ("tensorrt", "torch", "onnxruntime")
 # the 23 x 64 ESRGAN generator 2.47 against 2.63 (`upscale bench`, 2 cores; BENCHMARKS.md). Not for
 # bf16 or `--precision auto`: onnxruntime has no bf16, and torch's bf16 (0.54 s) beats its fp32.
 CPU_FP32_FIRST: dict[str, tuple[str, ...]] = {"rrdbnet": ("onnxruntime",)}
+# The backend that runs `--precision int8` (quantized by NNCF: backends/openvino_int8.py).
+INT8_BACKEND = "openvino"
 # Backends that run only on CUDA, which auto passes over when --device asks for the CPU or MPS.
 CUDA_ONLY = frozenset({"tensorrt"})
 

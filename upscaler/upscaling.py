@@ -14,6 +14,7 @@ from upscaler.models import LoadedModel, load_model
 from upscaler.options import BackendOptions, TileOptions
 from upscaler.tiling.runner import Tiler
 from upscaler.tiling.stitch import Finish
+from upscaler.values import Precision
 
 K = TypeVar("K")
 
@@ -25,7 +26,12 @@ class Upscaler:
     """
 
     def __init__(
-        self, model: LoadedModel, session: Session, tile_options: TileOptions, backend_name: str = ""
+        self,
+        model: LoadedModel,
+        session: Session,
+        tile_options: TileOptions,
+        backend_name: str = "",
+        precision: Precision | None = None,
     ) -> None:
         info = model.info
         tile = tile_options.tile_size
@@ -39,6 +45,7 @@ class Upscaler:
         self.session = session
         self.tile_options = tile_options
         self.backend_name = backend_name
+        self.precision = precision
         self.tiler = Tiler(
             session.infer,
             scale=info.scale,
@@ -65,7 +72,9 @@ class Upscaler:
     @property
     def description(self) -> str:
         info = self.model.info
-        return f"model {self.model.name} ({info.arch}, x{info.scale}) on backend {self.backend_name}"
+        precision = self.precision
+        runs = f" in {precision.value}" if precision not in (None, Precision.AUTO) else ""
+        return f"model {self.model.name} ({info.arch}, x{info.scale}) on backend {self.backend_name}{runs}"
 
     def upscale(self, rgb: np.ndarray) -> np.ndarray:
         """H x W x C float32 in [0, 1] -> (H * scale) x (W * scale) x C float32 in [0, 1]."""
@@ -112,6 +121,8 @@ def open_upscaler(
     chosen = get_backend(backend, backend_options, loaded.info.arch)
     session = chosen.open(loaded, backend_options)
     try:
-        yield Upscaler(loaded, session, tile_options, backend_name=chosen.name)
+        yield Upscaler(
+            loaded, session, tile_options, backend_name=chosen.name, precision=backend_options.precision
+        )
     finally:
         session.close()

@@ -12,6 +12,8 @@ class Precision(str, enum.Enum):
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
+    # Convolutions in int8, quantized after training on calibration crops (the OpenVINO backend).
+    INT8 = "int8"
     # Chosen from the hardware before a backend opens (upscaler.precision); never reaches a session.
     AUTO = "auto"
 

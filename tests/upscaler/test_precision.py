@@ -17,8 +17,9 @@ FAST = {"cpu": Precision.BF16, "cuda": Precision.FP16}
 
 def test_auto_parses() -> None:
     assert Precision.parse("AUTO") is Precision.AUTO
-    with pytest.raises(UpscaleError, match="known: fp32, fp16, bf16, auto"):
-        Precision.parse("int8")
+    assert Precision.parse("int8") is Precision.INT8
+    with pytest.raises(UpscaleError, match="known: fp32, fp16, bf16, int8, auto"):
+        Precision.parse("int4")
 
 
 @pytest.mark.parametrize(
@@ -95,10 +96,55 @@ def test_resolve_leaves_a_given_precision_alone() -> None:
 def test_resolve_asks_the_backend_or_runs_fp32() -> None:
     options = BackendOptions(device="cpu", precision=Precision.AUTO, threads=3)
     backend = Fast()
-    resolved, reason = resolve_precision(backend, options)
+    resolved, reason = resolve_precision(backend, options, {"bf16": 0.001})
     assert resolved == BackendOptions(device="cpu", precision=Precision.BF16, threads=3)
-    assert reason == "auto: because" and backend.seen == [options]
+    assert reason == "auto: because, and bf16 costs this model 0.001 dB (measured)"
+    assert backend.seen == [options]
 
     resolved, reason = resolve_precision(Plain(), options)
     assert resolved.precision is Precision.FP32
     assert reason == "auto: the plain backend offers no faster one"
+
+
+# ------------------------------------------------------------------------- measured quality costs
+
+
+def test_auto_takes_a_faster_precision_only_where_its_measured_cost_is_negligible() -> None:
+    from upscaler.precision import NEGLIGIBLE_DB
+
+    options = BackendOptions(precision=Precision.AUTO)
+    fast = Fast()
+    chosen, why = resolve_precision(fast, options, {"bf16": 0.004})
+    assert chosen.precision is Precision.BF16 and "costs this model 0.004 dB (measured)" in why
+    chosen, why = resolve_precision(fast, options, {"bf16": NEGLIGIBLE_DB})
+    assert chosen.precision is Precision.FP32
+    assert why == "auto: fp32; bf16 costs this model 0.050 dB on its benchmarks"
+    chosen, why = resolve_precision(fast, options, None)
+    assert chosen.precision is Precision.FP32 and "not measured" in why
+    chosen, why = resolve_precision(fast, options, {"int8": 0.0})  # another precision's figure is no help
+    assert chosen.precision is Precision.FP32
+
+
+def test_measured_costs_take_the_worst_set_from_the_card() -> None:
+    from upscaler.precision import measured_costs
+
+    card = {
+        "precision_cost": {
+            "cost": {
+                "bf16": {"Set5": {"psnr_loss_db": 0.01}, "Set14": {"psnr_loss_db": 0.03}},
+                "int8": {"Set5": {"psnr_loss_db": 0.4}, "Set14": {"psnr_loss_db": 0.2}},
+            }
+        }
+    }
+    assert measured_costs(card) == {"bf16": 0.03, "int8": 0.4}
+    assert measured_costs({}) is None and measured_costs(None) is None
+
+
+def test_a_card_belongs_only_to_the_bundled_weights() -> None:
+    from upscaler.models import load_model
+    from upscaler.models.catalog import card_of
+
+    loaded = load_model("compact")
+    assert card_of("compact", loaded.digest)["id"] == "compact"
+    assert card_of("compact", "0123456789abcdef") is None  # a file of another's named compact
+    assert card_of("my-own-weights", loaded.digest) is None

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from upscaler.backend import CUDA_ONLY
+from upscaler.backend import CUDA_ONLY, INT8_BACKEND
 from upscaler.bench.machine import ConvProbe, time_runs
 from upscaler.bench.report import BackendRun, QualityRun, Timing
 from upscaler.errors import BackendError, UpscaleError
@@ -110,7 +110,8 @@ def measure_quality(
     tile_options: TileOptions,
     data: Path,
 ) -> QualityRun:
-    """Mean PSNR / SSIM of the model in fp32 and in bf16 on the set in `data` (as `upscale eval`)."""
+    """Mean PSNR / SSIM (and LPIPS, where its weights are installed) of the model in fp32 and in bf16
+    on the set in `data` (as `upscale eval`), and in int8 on the backend that runs it."""
     from upscaler.backend import get_backend
     from upscaler.quality.evaluation import evaluate_pairs, load_eval_set
     from upscaler.upscaling import open_upscaler
@@ -121,19 +122,42 @@ def measure_quality(
     evaluation = load_eval_set(data, loaded.info.scale)
     arrays = [(pair.lr, pair.hr) for pair in evaluation.pairs]
     names = [pair.name for pair in evaluation.pairs]
+    perceptual = _lpips()
     run = QualityRun(backend=chosen, data=str(data), images=len(arrays))
-    scores: dict[Precision, tuple[float | None, float | None]] = {}
+
+    def scored(name: str, precision: Precision) -> tuple[float | None, float | None, float | None]:
+        with open_upscaler(loaded, name, replace(options, precision=precision), tile_options) as up:
+            report = evaluate_pairs(
+                up.upscale, arrays, evaluation.scale, names, bicubic=False, perceptual=perceptual
+            )
+        return report.mean_psnr, report.mean_ssim, report.mean_lpips
+
+    scores: dict[Precision, tuple[float | None, float | None, float | None]] = {}
     for precision in (Precision.FP32, Precision.BF16):
         try:
-            with open_upscaler(loaded, chosen, replace(options, precision=precision), tile_options) as up:
-                report = evaluate_pairs(up.upscale, arrays, evaluation.scale, names, bicubic=False)
+            scores[precision] = scored(chosen, precision)
         except BackendError as error:
             return replace(run, problem=f"{precision.value}: {error.message}")
-        scores[precision] = (report.mean_psnr, report.mean_ssim)
-    return replace(
+    run = replace(
         run,
         fp32_psnr=scores[Precision.FP32][0],
         fp32_ssim=scores[Precision.FP32][1],
+        fp32_lpips=scores[Precision.FP32][2],
         bf16_psnr=scores[Precision.BF16][0],
         bf16_ssim=scores[Precision.BF16][1],
+        bf16_lpips=scores[Precision.BF16][2],
     )
+    if backend not in ("auto", INT8_BACKEND):
+        return replace(run, int8_problem=f"int8 runs on {INT8_BACKEND}, not {backend}")
+    try:
+        psnr, ssim, lpips = scored(INT8_BACKEND, Precision.INT8)
+    except BackendError as error:
+        return replace(run, int8_backend=INT8_BACKEND, int8_problem=error.message)
+    return replace(run, int8_backend=INT8_BACKEND, int8_psnr=psnr, int8_ssim=ssim, int8_lpips=lpips)
+
+
+def _lpips():
+    """LPIPS's distance where its weights are installed (upscale weights install lpips), else None."""
+    from upscaler.models.lpips import load_lpips, lpips_path
+
+    return load_lpips().distance if lpips_path().is_file() else None

@@ -170,7 +170,8 @@ class VideoRun:
 
 @dataclass(frozen=True)
 class QualityRun:
-    """Mean PSNR (dB) / SSIM on Y of fp32 and bf16 on one backend, and bf16 minus fp32."""
+    """Mean PSNR (dB) / SSIM on Y of fp32 and bf16 on one backend, and bf16 minus fp32; int8 on its
+    backend (openvino) where it runs; LPIPS of each where its weights are installed."""
 
     backend: str
     data: str
@@ -180,6 +181,13 @@ class QualityRun:
     bf16_psnr: float | None = None
     bf16_ssim: float | None = None
     problem: str | None = None
+    fp32_lpips: float | None = None
+    bf16_lpips: float | None = None
+    int8_backend: str | None = None
+    int8_psnr: float | None = None
+    int8_ssim: float | None = None
+    int8_lpips: float | None = None
+    int8_problem: str | None = None
 
     @property
     def psnr_delta(self) -> float | None:
@@ -325,4 +333,10 @@ def _video_dict(run: VideoRun) -> dict[str, Any]:
 
 
 def _quality_dict(run: QualityRun) -> dict[str, Any]:
-    return {**asdict(run), "psnr_delta": run.psnr_delta, "ssim_delta": run.ssim_delta}
+    int8_delta = None if run.int8_psnr is None or run.fp32_psnr is None else run.int8_psnr - run.fp32_psnr
+    return {
+        **asdict(run),
+        "psnr_delta": run.psnr_delta,
+        "ssim_delta": run.ssim_delta,
+        "int8_psnr_delta": int8_delta,
+    }

@@ -28,7 +28,7 @@ class FrameSize(click.ParamType):
 
 
 @click.command()
-@model_options
+@model_options(precision="fp32")
 @click.option(
     "--size",
     type=FrameSize(),
@@ -190,15 +190,37 @@ def print_report(report) -> None:
         if quality.psnr_delta is None:
             skipped.append(f"bf16 PSNR ({quality.backend}): {quality.problem}")
         else:
-            click.echo(f"bf16 against fp32 on {quality.data} ({quality.images} images, {quality.backend}):")
-            print_table(
-                [
-                    ("precision", "PSNR (Y)", "SSIM (Y)"),
-                    ("fp32", f"{quality.fp32_psnr:.3f}", f"{quality.fp32_ssim:.4f}"),
-                    ("bf16", f"{quality.bf16_psnr:.3f}", f"{quality.bf16_ssim:.4f}"),
-                    ("bf16 - fp32", f"{quality.psnr_delta:+.3f} dB", f"{quality.ssim_delta:+.4f}"),
-                ]
+            click.echo(f"precisions against fp32 on {quality.data} ({quality.images} images):")
+            rows = [("precision", "backend", "PSNR (Y)", "SSIM (Y)", "LPIPS", "PSNR cost")]
+            rows.append(
+                _quality_row(
+                    "fp32", quality.backend, quality.fp32_psnr, quality.fp32_ssim, quality.fp32_lpips, None
+                )
             )
+            rows.append(
+                _quality_row(
+                    "bf16",
+                    quality.backend,
+                    quality.bf16_psnr,
+                    quality.bf16_ssim,
+                    quality.bf16_lpips,
+                    quality.fp32_psnr,
+                )
+            )
+            if quality.int8_psnr is not None:
+                rows.append(
+                    _quality_row(
+                        "int8",
+                        quality.int8_backend or "",
+                        quality.int8_psnr,
+                        quality.int8_ssim,
+                        quality.int8_lpips,
+                        quality.fp32_psnr,
+                    )
+                )
+            elif quality.int8_problem:
+                skipped.append(f"int8 quality: {quality.int8_problem}")
+            print_table(rows)
 
     if skipped or report.notes:
         click.echo("")
@@ -206,6 +228,13 @@ def print_report(report) -> None:
         click.echo(f"skipped: {line}")
     for line in report.notes:
         click.echo(f"note: {line}")
+
+
+def _quality_row(name, backend, psnr, ssim, lpips, reference) -> tuple[str, ...]:
+    """One precision's figures; its PSNR cost is what it loses against fp32 (`reference`)."""
+    cost = "" if reference is None or psnr is None else f"{reference - psnr:.3f} dB"
+    lpips_text = "-" if lpips is None else f"{lpips:.4f}"
+    return (name, backend, f"{psnr:.3f}", f"{ssim:.4f}", lpips_text, cost)
 
 
 def _spread(rate, digits: int = 1) -> str:

@@ -52,7 +52,7 @@ from upscaler.cli.options import ModelRun, model_options, print_table
     help="Measure LPIPS (v0.1, AlexNet) beside PSNR/SSIM. Default: when its weights are installed "
     "(upscale weights install lpips).",
 )
-@model_options
+@model_options(precision="fp32")
 def eval_command(
     data,
     video,

@@ -76,6 +76,7 @@ def images(
       upscale images scans/ -o big/ --cluster tcp://10.0.0.5:8786
     """
     from upscaler.api import open_with
+    from upscaler.cli.options import resolve_model_run
     from upscaler.errors import InputError
     from upscaler.image.folder import find_images, job_key, plan_outputs, scale_suffix
     from upscaler.image.formats import EncodeOptions
@@ -99,7 +100,6 @@ def images(
             f"-o {output_file} names one file, but {len(found)} images were found",
             hint="give -o a folder for several images",
         )
-    report = lambda line: click.echo(line, err=True)  # noqa: E731
     encode = EncodeOptions(jpeg_quality=quality, webp_quality=quality) if quality else None
 
     def plan_for(digest: str, scale: int, precision: str):
@@ -122,19 +122,20 @@ def images(
         click.echo(f"{description}; {len(plan.tasks)} image(s) to upscale{done}", err=True)
 
     if cluster is not None:
-        from upscaler.cli.options import resolve_model_run
         from upscaler.cluster.connect import open_cluster, worker_count
         from upscaler.cluster.images import run_images_on_cluster
         from upscaler.models import load_model
 
         loaded = load_model(run.model)
-        run = resolve_model_run(run, loaded.info.arch)
+        run = resolve_model_run(run, loaded)
         scale = loaded.info.scale
         plan = plan_for(loaded.digest, scale, run.backend_options.precision.value)
         with open_cluster(cluster) as client:
+            why = f" ({'; '.join(run.reasons)})" if run.reasons else ""
             announce(
-                f"model {loaded.name} ({loaded.info.arch}, x{scale}) on backend {run.backend}, "
-                f"on the cluster {cluster} ({worker_count(client)} workers)",
+                f"model {loaded.name} ({loaded.info.arch}, x{scale}) on backend {run.backend} in "
+                f"{run.backend_options.precision.value}{why}, on the cluster {cluster} "
+                f"({worker_count(client)} workers)",
                 plan,
             )
             report = run_images_on_cluster(
@@ -148,10 +149,16 @@ def images(
                 progress=not no_progress,
             )
     else:
-        with open_with(run.model, run.backend, run.backend_options, run.tile_options, report) as model:
+        from upscaler.models import load_model
+
+        loaded = load_model(run.model)
+        # Auto measures the backends on a 256x256 picture for a folder of MEASURE_FROM images or more.
+        run = resolve_model_run(run, loaded, (256, 256), len(found))
+        with open_with(loaded, run.backend, run.backend_options, run.tile_options) as model:
             upscaler = model.upscaler
             plan = plan_for(upscaler.model.digest, upscaler.scale, model.options.precision.value)
-            announce(upscaler.description, plan)
+            why = f" ({'; '.join(run.reasons)})" if run.reasons else ""
+            announce(f"{upscaler.description}{why}", plan)
             report = run_image_job(
                 plan,
                 upscaler.upscale,

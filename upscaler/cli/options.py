@@ -22,6 +22,8 @@ class ModelRun:
     backend: str
     backend_options: BackendOptions
     tile_options: TileOptions
+    # Why `auto` chose the backend and precision (resolve_model_run), for the command's first line.
+    reasons: tuple[str, ...] = ()
 
 
 class TileSize(click.ParamType):
@@ -72,11 +74,12 @@ outscale_option = click.option(
 )
 
 
-def model_options(func: Callable | None = None, *, default: str = DEFAULT_MODEL):
+def model_options(func: Callable | None = None, *, default: str = DEFAULT_MODEL, precision: str = "auto"):
     """The options every command that runs a model shares, handed to it as one `run: ModelRun`;
-    `@model_options(default=...)` gives a command another default model."""
+    `@model_options(default=..., precision=...)` gives a command another default model or precision
+    (`upscale eval` and `bench` measure in fp32 unless told, as the model cards do)."""
     if func is None:
-        return functools.partial(model_options, default=default)
+        return functools.partial(model_options, default=default, precision=precision)
 
     @functools.wraps(func)
     def command(
@@ -128,11 +131,12 @@ def model_options(func: Callable | None = None, *, default: str = DEFAULT_MODEL)
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
         click.option(
             "--precision",
-            type=click.Choice(["fp32", "fp16", "bf16", "auto"]),
-            default="fp32",
+            type=click.Choice(["fp32", "fp16", "bf16", "int8", "auto"]),
+            default=precision,
             show_default=True,
-            help="Arithmetic precision (fp16 needs a GPU; bf16 is fast on CPUs with AVX512_BF16 or AMX); "
-            "auto picks bf16 or fp16 where the hardware runs it natively, else fp32, and says so.",
+            help="Arithmetic precision (fp16 needs a GPU; bf16 is fast on CPUs with AVX512_BF16 or AMX; "
+            "int8 on the openvino backend). auto: bf16 or fp16 where the hardware runs it natively and the "
+            "model's card measured it to cost under 0.05 dB, else fp32; the first line says which.",
         ),
         # Thread layout: the model gets every core (the backend's default: torch and ONNX Runtime use
         # one intra-op thread per physical core), because inference is nearly all of the CPU work with
@@ -236,16 +240,54 @@ def encoder_option(help: str) -> Callable:
     return click.option("--encoder-option", "encoder_options", type=KeyValue(), multiple=True, help=help)
 
 
-def resolve_model_run(run: ModelRun, arch: str | None = None) -> ModelRun:
-    """`run` with `--backend auto` and `--precision auto` decided (`upscaler.api.resolve_options`); says
-    on stderr what auto chose. Call it before opening the model, so that what is opened (and what a
-    video journal records) is the concrete precision."""
-    from upscaler.api import resolve_options
+def resolve_model_run(
+    run: ModelRun, loaded, size: tuple[int, int] | None = None, items: int | None = None
+) -> ModelRun:
+    """`run` with `--backend auto` and `--precision auto` decided for the LoadedModel `loaded`
+    (`upscaler.api.resolve_options`), and why (`reasons`). Call it before opening the model,
+    so that what is opened (and what a video journal records) is concrete. With the inputs' `size`
+    (rows, columns) and how many there are (`items`), auto picks the backend by measured speed
+    (`upscaler.selection`)."""
+    from upscaler.api import model_costs, resolve_options
 
-    backend, options, note = resolve_options(arch, run.backend, run.backend_options)
-    if note is not None:
-        click.echo(note, err=True)
-    return dataclasses.replace(run, backend=backend, backend_options=options)
+    backend, options, reasons = resolve_options(
+        loaded.info.arch, run.backend, run.backend_options, model_costs(loaded)
+    )
+    # int8 runs on one backend only (upscaler.backend.INT8_BACKEND): nothing to measure.
+    if run.backend == "auto" and size is not None and options.precision.value != "int8":
+        from upscaler.selection import choose_backend_by_speed, probe_size
+
+        choice = choose_backend_by_speed(loaded, options, run.tile_options, probe_size(*size), items)
+        backend, reasons = choice.name, (choice.reason, *reasons)
+    return dataclasses.replace(run, backend=backend, backend_options=options, reasons=reasons)
+
+
+class BackgroundLoad:
+    """`load_model(spec)` on a daemon thread, so the command probes its input meanwhile: importing torch
+    and reading the weights took 1.9 s of `upscale video`'s start here. `result()` gives the model or
+    raises what loading raised; a command that fails first exits without waiting for it."""
+
+    def __init__(self, spec: str) -> None:
+        import threading
+
+        self._model = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._load, args=(spec,), name="load-model", daemon=True)
+        self._thread.start()
+
+    def _load(self, spec: str) -> None:
+        try:
+            from upscaler.models import load_model
+
+            self._model = load_model(spec)
+        except BaseException as error:  # handed to the caller's thread by result()
+            self._error = error
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._model
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:

@@ -14,6 +14,7 @@ import click
 
 from upscaler.cli.options import (
     VIDEO_MODEL,
+    BackgroundLoad,
     ModelRun,
     check_cluster,
     cluster_model,
@@ -168,11 +169,17 @@ def video(
     if (gpus_per_task is not None or send_input) and cluster is None:
         raise click.UsageError("--gpus-per-task and --send-input go with --cluster")
     check_cluster(cluster)
-    from upscaler.models import load_model
+    loading = BackgroundLoad(run.model)
+    from upscaler.video.probe import probe_video
 
-    loaded = load_model(run.model)
-    # --backend auto and --precision auto decided here, so the journal records what really runs.
-    run = resolve_model_run(run, loaded.info.arch)
+    info = probe_video(source)
+    loaded = loading.result()
+    # --backend auto and --precision auto decided here, so the journal records what really runs; on one
+    # machine, auto measures the backends on frames of this size (upscaler.selection).
+    if cluster is None:
+        run = resolve_model_run(run, loaded, (info.height, info.width), info.frame_count)
+    else:
+        run = resolve_model_run(run, loaded)
     backend_name = run.backend
     model_key = run_key(loaded.digest, backend_name, run.backend_options, run.tile_options)
     settings = EncodeSettings(
@@ -208,8 +215,8 @@ def video(
             with hold_output(plan.destination), open_cluster(cluster) as client:
                 model = f"model {loaded.name} ({loaded.info.arch}, x{loaded.info.scale})"
                 click.echo(
-                    f"{model} on backend {run.backend}, on the cluster {cluster} "
-                    f"({worker_count(client)} workers); {what}",
+                    f"{model} on backend {run.backend} in {run.backend_options.precision.value}{_why(run)}, "
+                    f"on the cluster {cluster} ({worker_count(client)} workers); {what}",
                     err=True,
                 )
                 parts = ClusterParts(client, spec, send_input=send_input, gpus_per_task=gpus_per_task)
@@ -220,7 +227,7 @@ def video(
                 hold_output(plan.destination),
                 open_with(loaded, run.backend, run.backend_options, run.tile_options) as model,
             ):
-                click.echo(f"{model.upscaler.description}; {what}", err=True)
+                click.echo(f"{model.upscaler.description}{_why(run)}; {what}", err=True)
                 report = run_video_job(plan, model.upscaler, resume=resume, events=show)
     except KeyboardInterrupt:
         show.close()
@@ -251,6 +258,10 @@ def video(
                 "warnings": report.warnings,
             }
         )
+
+
+def _why(run: ModelRun) -> str:
+    return f" ({'; '.join(run.reasons)})" if run.reasons else ""
 
 
 def _debug() -> bool:

@@ -167,6 +167,16 @@ def find_model(model_id: str) -> ModelEntry | None:
     return next((entry for entry in MODELS if entry.id == model_id), None)
 
 
+def card_of(name: str, digest: str) -> dict[str, Any] | None:
+    """The card of the bundled model `name` when `digest` (a LoadedModel's) is its weights', else None:
+    a file of your own that happens to share a bundled id's name has no card."""
+    entry = find_model(name)
+    card = entry.card if entry is not None else None
+    if card and digest and str(card.get("weights_sha256", "")).startswith(digest):
+        return card
+    return None
+
+
 def resolve_model_spec(spec: str | Path) -> tuple[Path, str, ModelEntry | None]:
     """(the weights file, the model's name, its catalog entry or None) for a model id (`esrgan`) or a
     weights file; raises the ModelError a user can act on. Reads no weights and imports no torch, so a

@@ -12,6 +12,10 @@ never calls the converter (OpenVINO reads our exported ONNX file itself), so the
 importing while `openvino` itself is imported: OpenVINO catches that ImportError and goes on without
 `convert_model`. A caller who imports the converter afterwards gets it as usual.
 
+NNCF (int8 quantization) sends usage events through openvino-telemetry whenever that package imports,
+unless it runs under NNCF's own CI or tests. `import_nncf()` keeps openvino-telemetry from importing
+while NNCF is, so NNCF takes its no-telemetry stub.
+
 `installed()` answers "could this run here" from the import system alone, so listing or choosing
 backends imports no runtime at all.
 """
@@ -26,6 +30,7 @@ from types import ModuleType
 
 ORT_TELEMETRY_VARIABLE = "ORT_DISABLE_TELEMETRY"
 OPENVINO_CONVERTER = "openvino.tools.ovc"
+OPENVINO_TELEMETRY = "openvino_telemetry"
 
 
 def installed(module: str) -> bool:
@@ -44,15 +49,28 @@ def import_onnxruntime() -> ModuleType:
     return importlib.import_module("onnxruntime")
 
 
+def import_nncf() -> ModuleType:
+    """`nncf`, with its telemetry stubbed (see the module's docstring). Raises ImportError without it."""
+    if "nncf" in sys.modules:
+        return sys.modules["nncf"]
+    import_openvino()
+    return _import_without("nncf", OPENVINO_TELEMETRY)
+
+
+def _import_without(name: str, blocked_module: str) -> ModuleType:
+    """Import `name` while `blocked_module` cannot be imported (its import raises ImportError)."""
+    blocked = blocked_module not in sys.modules
+    if blocked:
+        sys.modules[blocked_module] = None  # type: ignore[assignment]
+    try:
+        return importlib.import_module(name)
+    finally:
+        if blocked and sys.modules.get(blocked_module, 0) is None:
+            del sys.modules[blocked_module]
+
+
 def import_openvino() -> ModuleType:
     """`openvino`, without the model converter whose import starts OpenVINO's telemetry."""
     if "openvino" in sys.modules:
         return sys.modules["openvino"]
-    blocked = OPENVINO_CONVERTER not in sys.modules
-    if blocked:
-        sys.modules[OPENVINO_CONVERTER] = None  # type: ignore[assignment]  # import raises ImportError
-    try:
-        return importlib.import_module("openvino")
-    finally:
-        if blocked and sys.modules.get(OPENVINO_CONVERTER, 0) is None:
-            del sys.modules[OPENVINO_CONVERTER]
+    return _import_without("openvino", OPENVINO_CONVERTER)

@@ -27,7 +27,7 @@ from upscaler.export import (
     default_cache_dir,
     load_cached,
 )
-from upscaler.precision import resolve_precision
+from upscaler.precision import model_costs, resolve_precision
 from upscaler.system.runtimes import import_onnxruntime, installed
 from upscaler.values import Precision
 
@@ -59,7 +59,7 @@ class OnnxRuntimeBackend:
     def open(self, model: LoadedModel, options: BackendOptions) -> OnnxRuntimeSession:
         # No auto_precision: auto runs fp32 here (bf16 has no ONNX form; fp16 on CUDA is left to torch
         # and tensorrt). A library caller may hand auto straight to the backend; the CLI resolves it first.
-        options, _ = resolve_precision(self, options)
+        options, _ = resolve_precision(self, options, model_costs(model))
         return OnnxRuntimeSession(model, options, self.cache_dir or default_cache_dir())
 
 

@@ -35,7 +35,7 @@ from backends.openvino_int8 import quantized_ir
 from upscaler.backend import ClosingSession
 from upscaler.errors import BackendError, OutOfMemory
 from upscaler.export import INPUT_NAME, cached_onnx, default_cache_dir, load_cached
-from upscaler.precision import PrecisionChoice, choose_auto_precision, resolve_precision
+from upscaler.precision import PrecisionChoice, choose_auto_precision, model_costs, resolve_precision
 from upscaler.system.runtimes import import_openvino, installed
 from upscaler.values import Precision
 
@@ -74,7 +74,7 @@ class OpenVINOBackend:
         return choose_auto_precision("cpu", {"cpu": Precision.BF16})
 
     def open(self, model: LoadedModel, options: BackendOptions) -> OpenVINOSession:
-        options, _ = resolve_precision(self, options)
+        options, _ = resolve_precision(self, options, model_costs(model))
         return OpenVINOSession(model, options, self.cache_dir or default_cache_dir())
 
 

@@ -16,15 +16,17 @@ import logging
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from upscaler.errors import BackendError
 from upscaler.export import OnnxExport
-from upscaler.models import LoadedModel
 from upscaler.models.catalog import WEIGHTS_DIR
 from upscaler.system.runtimes import import_nncf, import_openvino
+
+if TYPE_CHECKING:
+    from upscaler.models import LoadedModel
 
 CALIBRATION = WEIGHTS_DIR / "calibration.npz"
 # Part of the cache name: a change to the calibration or to how NNCF is called makes a new model.

@@ -9,7 +9,7 @@ import numpy as np
 
 from upscaler.backend import DEFAULT_BATCH, ClosingSession
 from upscaler.errors import BackendError, OutOfMemory
-from upscaler.precision import PrecisionChoice, choose_auto_precision, resolve_precision
+from upscaler.precision import PrecisionChoice, choose_auto_precision, model_costs, resolve_precision
 from upscaler.system.allocator import MMAP_THRESHOLD
 from upscaler.system.runtimes import installed
 from upscaler.values import Precision
@@ -44,7 +44,7 @@ class TorchBackend:
 
     def open(self, model: LoadedModel, options: BackendOptions) -> TorchSession:
         # A library caller may hand --precision auto straight to the backend; the CLI resolves it first.
-        options, _ = resolve_precision(self, options)
+        options, _ = resolve_precision(self, options, model_costs(model))
         return TorchSession(model, options)
 
 

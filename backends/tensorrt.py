@@ -53,7 +53,7 @@ from upscaler.export import (
     default_cache_dir,
 )
 from upscaler.options import TileOptions
-from upscaler.precision import PrecisionChoice, choose_auto_precision, resolve_precision
+from upscaler.precision import PrecisionChoice, choose_auto_precision, model_costs, resolve_precision
 from upscaler.system.files import write_bytes_atomically
 from upscaler.system.runtimes import installed
 from upscaler.values import Precision
@@ -255,7 +255,7 @@ class TensorRTBackend:
         if problem is not None:
             raise BackendError(problem)
         # A library caller may hand --precision auto straight to the backend; the CLI resolves it first.
-        options, _ = resolve_precision(self, options)
+        options, _ = resolve_precision(self, options, model_costs(model))
         return TensorRTSession(self, model, options)
 
 

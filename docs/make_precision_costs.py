@@ -4,15 +4,20 @@
 
 For each bundled model, `upscale eval`'s PSNR (Y, BT.601) and LPIPS on each set in fp32 on torch, then
 in every lower precision on every CPU backend that runs it here (bf16: torch and OpenVINO; int8:
-OpenVINO, quantized by NNCF on frames of the bundled sample video). A precision's cost on a set is its
-largest PSNR loss over those backends, and its LPIPS change beside it. The card's `precision_cost`
-keeps every figure and the rule `--precision auto` applies (upscaler.precision.NEGLIGIBLE_DB): a
-precision runs under auto only where its cost is under that on every set.
+OpenVINO, quantized by NNCF on crops of the bundled sample video). fp16 is a GPU's precision and this
+machine has none: it is measured as a GPU's tensor cores compute it, every layer's inputs, weights
+and outputs rounded to fp16 and the sums kept in fp32 (`fp16_rounded`), on torch on the CPU.
+
+A precision's cost on a set is its largest PSNR loss over those backends, and its LPIPS change beside
+it. The card's `precision_cost` keeps every figure and the rule `--precision auto` applies
+(upscaler.precision.NEGLIGIBLE_DB): a precision runs under auto only where its cost is under that on
+every set.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -28,6 +33,30 @@ from upscaler.values import Precision
 
 # The lower precisions, each on the backends that run it on a CPU.
 CANDIDATES = {Precision.BF16: ("torch", "openvino"), Precision.INT8: ("openvino",)}
+
+
+def fp16_rounded(loaded):
+    """`loaded` with a network that rounds to fp16 what a GPU holds in fp16: the weights, and every
+    layer's input and output (the arithmetic inside a layer stays fp32, as tensor cores accumulate)."""
+    import copy
+
+    import torch
+
+    module = copy.deepcopy(loaded.module)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(parameter.half().float())
+
+    def rounded(value):
+        return (
+            value.half().float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+        )
+
+    for layer in module.modules():
+        if not list(layer.children()):
+            layer.register_forward_pre_hook(lambda _, inputs: tuple(rounded(v) for v in inputs))
+            layer.register_forward_hook(lambda _, inputs, output: rounded(output))
+    return dataclasses.replace(loaded, module=module)
 
 
 def score(loaded, backend: str, precision: Precision, sets: dict, lpips) -> dict[str, dict[str, float]]:
@@ -66,6 +95,9 @@ def main() -> None:
         fp32 = score(loaded, "torch", Precision.FP32, sets, lpips)
         measured: dict[str, dict] = {"fp32": {"torch": fp32}}
         costs: dict[str, dict] = {}
+        measured["fp16"] = {
+            "torch, fp16-rounded": score(fp16_rounded(loaded), "torch", Precision.FP32, sets, lpips)
+        }
         for precision, backends in CANDIDATES.items():
             for backend in backends:
                 try:
@@ -74,12 +106,12 @@ def main() -> None:
                     print(f"{entry.id} {precision.value} on {backend}: not measured ({error.message})")
                     continue
                 measured.setdefault(precision.value, {})[backend] = figures
-            runs = measured.get(precision.value)
-            if not runs:
-                continue
-            costs[precision.value] = {
-                name: worst(fp32[name], [r[name] for r in runs.values()]) for name in sets
-            }
+        for precision in ("fp16", *(p.value for p in CANDIDATES)):
+            runs = measured.get(precision)
+            if runs:
+                costs[precision] = {
+                    name: worst(fp32[name], [r[name] for r in runs.values()]) for name in sets
+                }
         card_path = entry.weights.with_suffix(".json")
         card = json.loads(card_path.read_text(encoding="utf-8"))
         card["precision_cost"] = {

@@ -234,10 +234,9 @@ def open_with(
 
 def model_costs(loaded: LoadedModel) -> dict[str, float] | None:
     """What each faster precision costs `loaded`, from its card (None for a model without one)."""
-    from upscaler.models.catalog import card_of
-    from upscaler.precision import measured_costs
+    from upscaler.precision import model_costs as costs_of
 
-    return measured_costs(card_of(loaded.name, loaded.digest))
+    return costs_of(loaded)
 
 
 def _picture(pixels: np.ndarray):

@@ -194,6 +194,13 @@ def int8_choice(
     )
 
 
+def model_costs(model) -> dict[str, float] | None:
+    """What each faster precision costs the LoadedModel `model`, from its card (None without one)."""
+    from upscaler.models.catalog import card_of
+
+    return measured_costs(card_of(model.name, model.digest))
+
+
 def measured_costs(card: Mapping | None) -> dict[str, float] | None:
     """A model card's `precision_cost` as {precision: the largest PSNR loss over its sets, in dB}, or
     None where the card has none."""

@@ -108,11 +108,26 @@ def test_cuda_matches_the_cpu_reference(model, precision) -> None:
     np.testing.assert_allclose(out, expected, atol=atol)
 
 
-@pytest.mark.parametrize(("feature", "dtype"), [("AVX512_BF16", torch.bfloat16), (None, torch.float32)])
-def test_auto_precision_on_the_cpu_follows_the_cpus_bf16(monkeypatch, model, feature, dtype) -> None:
+@pytest.mark.parametrize(
+    ("feature", "cost", "dtype"),
+    [
+        ("AVX512_BF16", 0.001, torch.bfloat16),
+        ("AVX512_BF16", None, torch.float32),  # a model without a measured bf16 cost
+        ("AVX512_BF16", 0.2, torch.float32),
+        (None, 0.001, torch.float32),
+    ],
+)
+def test_auto_precision_on_the_cpu_follows_the_cpus_bf16_and_the_models_cost(
+    monkeypatch, model, feature, cost, dtype
+) -> None:
     from upscaler import precision
 
     monkeypatch.setattr(precision, "cpu_bf16_feature", lambda: feature)
+    import backends.pytorch
+
+    monkeypatch.setattr(
+        backends.pytorch, "model_costs", lambda model: None if cost is None else {"bf16": cost}
+    )
     options = BackendOptions(device="cpu", precision=Precision.AUTO)
     choice = TorchBackend().auto_precision(options)
     assert choice.precision is (Precision.BF16 if feature else Precision.FP32)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from upscaler.backend import DEFAULT_BATCH, ClosingSession
+from upscaler.backend import DEFAULT_BATCH, ClosingSession, runs_on_cpu
 from upscaler.errors import BackendError, OutOfMemory
 from upscaler.precision import PrecisionChoice, choose_auto_precision, model_costs, resolve_precision
 from upscaler.system.allocator import MMAP_THRESHOLD
@@ -33,13 +33,16 @@ class TorchBackend:
 
     def auto_precision(self, options: BackendOptions) -> PrecisionChoice:
         """bf16 on a CPU with AVX512_BF16 or AMX, fp16 on a CUDA GPU with tensor cores, else fp32."""
+        fast = {"cpu": Precision.BF16, "cuda": Precision.FP16}
+        if runs_on_cpu(options.device):
+            # Known without torch where there is no GPU: a run on another backend never imports it.
+            return choose_auto_precision("cpu", fast)
         import torch
 
         device = resolve_device(options.device)
         index = device.index if device.index is not None else 0
         if device.type == "cuda" and device.index is None:
             index = torch.cuda.current_device()
-        fast = {"cpu": Precision.BF16, "cuda": Precision.FP16}
         return choose_auto_precision(device.type, fast, index)
 
     def open(self, model: LoadedModel, options: BackendOptions) -> TorchSession:

@@ -19,7 +19,6 @@ functions that need it, so this module loads (and `check()` explains) without it
 
 from __future__ import annotations
 
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from backends.tensorrt_plan import (
     sidecar_path,
     write_sidecar,
 )
-from upscaler.backend import ClosingSession
+from upscaler.backend import ClosingSession, nvidia_driver_present
 from upscaler.errors import BackendError, OutOfMemory, UpscaleError
 from upscaler.export import (
     EXPORT_FORMAT,
@@ -82,12 +81,6 @@ class EngineBuild:
     reused: bool
     seconds: float
     fp32_layers: tuple[str, ...]
-
-
-def nvidia_driver_present() -> bool:
-    """Whether this machine has an NVIDIA driver loaded, asked without importing CUDA libraries."""
-    places = ("/dev/nvidiactl", "/proc/driver/nvidia")
-    return any(Path(place).exists() for place in places) or shutil.which("nvidia-smi") is not None
 
 
 class TensorRTBackend:

@@ -17,7 +17,6 @@ every set.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -56,7 +55,7 @@ def fp16_rounded(loaded):
         if not list(layer.children()):
             layer.register_forward_pre_hook(lambda _, inputs: tuple(rounded(v) for v in inputs))
             layer.register_forward_hook(lambda _, inputs, output: rounded(output))
-    return dataclasses.replace(loaded, module=module)
+    return loaded.with_module(module)
 
 
 def score(loaded, backend: str, precision: Precision, sets: dict, lpips) -> dict[str, dict[str, float]]:

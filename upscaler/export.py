@@ -306,9 +306,9 @@ def load_cached(
 
 def _known_form(model: LoadedModel, form: str | None) -> str | None:
     """`form` where the model's architecture has it, else None (the plain export)."""
-    from upscaler.models import get_architecture
+    from upscaler.models.catalog import EXPORT_FORMS
 
-    return form if form in get_architecture(model.info.arch).forms else None
+    return form if form in EXPORT_FORMS.get(model.info.arch, ()) else None
 
 
 def compare_with_torch(model: LoadedModel, path: str | Path, batch: np.ndarray) -> float:

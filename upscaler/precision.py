@@ -19,6 +19,7 @@ The library chooses and returns the reason; the CLI says it.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +50,12 @@ class PrecisionChoice:
 def cpu_bf16_feature() -> str | None:
     """The bf16 feature of this CPU ("AMX" or "AVX512_BF16"), or None where it has neither.
 
-    torch's own check first (it knows whether the OS enabled AMX, and works off Linux), then the flags
-    in /proc/cpuinfo.
+    torch's own check where torch is imported already (it knows whether the OS enabled AMX, and works
+    off Linux); else the flags in /proc/cpuinfo, which Linux lists only for features it enabled, so a
+    run on another backend need not import torch (1.7 s) to decide. Off Linux, torch's check.
     """
+    if "torch" not in sys.modules and CPUINFO.is_file():
+        return cpuinfo_bf16_feature()
     try:
         import torch.cpu as torch_cpu
 

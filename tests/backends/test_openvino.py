@@ -198,3 +198,61 @@ def test_rrdbnet_runs_its_split_dense_form(tmp_path: Path) -> None:
         assert "split-dense" in session.export.path.name
         x = batch(1, 16, 16)
         np.testing.assert_allclose(session.infer(x), reference(rrdb, x), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ int8
+
+HAS_INT8 = "INT8" in CAPABILITIES
+
+
+@pytest.mark.skipif(not HAS_INT8, reason="OpenVINO lists no INT8 on this CPU")
+def test_int8_is_quantized_once_and_stays_close_to_fp32(tmp_path: Path, model) -> None:
+    pytest.importorskip("nncf")
+    from backends import openvino_int8
+
+    x = batch(1, 24, 32)
+    expected = reference(model, x)
+    backend = OpenVINOBackend(cache_dir=tmp_path / "cache")
+    with backend.open(model, BackendOptions(precision=Precision.INT8)) as session:
+        first = session.infer(x)
+    assert first.shape == expected.shape
+    # int8 activations of a [0, 1] image: within a few levels of 255 on a random tiny network.
+    assert np.abs(first - expected).mean() < 4 / 255
+    assert not np.array_equal(first, expected)  # it is not fp32 under another name
+    (ir,) = (tmp_path / "cache" / "openvino-int8").glob("*.xml")
+    made = ir.stat().st_mtime_ns
+    # The second open compiles the kept model: no calibration, the same output.
+    real_quantize = openvino_int8.import_nncf
+    openvino_int8.import_nncf = lambda: pytest.fail("calibrated again")
+    try:
+        with backend.open(model, BackendOptions(precision=Precision.INT8)) as session:
+            np.testing.assert_array_equal(session.infer(x), first)
+    finally:
+        openvino_int8.import_nncf = real_quantize
+    assert ir.stat().st_mtime_ns == made
+
+
+def test_int8_without_nncf_says_how_to_install_it(tmp_path: Path, model, monkeypatch) -> None:
+    from backends import openvino_int8
+
+    if not HAS_INT8:
+        pytest.skip("OpenVINO lists no INT8 on this CPU")
+
+    def missing():
+        raise ImportError("No module named 'nncf'")
+
+    monkeypatch.setattr(openvino_int8, "import_nncf", missing)
+    with pytest.raises(BackendError) as raised:
+        OpenVINOBackend(cache_dir=tmp_path / "cache").open(model, BackendOptions(precision=Precision.INT8))
+    assert raised.value.message == "--precision int8: NNCF is not installed"
+    assert 'pip install "upscaler[int8]"' in raised.value.hint
+
+
+def test_the_calibration_crops_are_the_bundled_ones() -> None:
+    from backends.openvino_int8 import calibration_batches
+
+    batches = calibration_batches()
+    assert len(batches) == 16 and all(b.shape == (1, 3, 96, 96) for b in batches)
+    assert all(b.min() >= 0 and b.max() <= 1 for b in batches)
+    gray = calibration_batches(in_channels=1)
+    assert gray[0].shape == (1, 1, 96, 96)

@@ -13,10 +13,8 @@ from typing import Any
 _HOMES = {
     "catalog": ("MODELS", "ModelEntry", "find_model", "list_models"),
     "compact": ("SRVGGNetCompact",),
+    "loaded": ("LoadedModel", "ModelInfo", "load_model"),
     "loading": (
-        "LoadedModel",
-        "ModelInfo",
-        "load_model",
         "normalize_state_dict",
         "read_weights",
         "save_weights",

@@ -12,6 +12,9 @@ from typing import Any
 # --- the model-id table -------------------------------------------------------------------------------
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+# The export forms each architecture has (`Architecture.forms` in the registry), known without torch so
+# that a cached export is found without building the network (tests check the two agree).
+EXPORT_FORMS: dict[str, frozenset[str]] = {"rrdbnet": frozenset({"split-dense"})}
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 SUFFIXES = (".safetensors", *CHECKPOINT_SUFFIXES)
 

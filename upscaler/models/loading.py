@@ -1,4 +1,5 @@
-"""Load a model from an id or a weights file, and save weights so that they load again.
+"""Read a weights file and build its network, and save weights so that they load again
+(`upscaler.models.loaded.load_model` is the way in).
 
 A weights file is `.safetensors` or a PyTorch checkpoint (`.pth`, `.pt`, `.ckpt`). Checkpoints are
 read with `weights_only=True`: a file that would run code when unpickled is refused, never opened.
@@ -6,13 +7,11 @@ read with `weights_only=True`: a file that would run code when unpickled is refu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickletools
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from upscaler.errors import ModelError, OutputError
-from upscaler.models.catalog import CHECKPOINT_SUFFIXES, SUFFIXES, resolve_model_spec
+from upscaler.models.catalog import CHECKPOINT_SUFFIXES, SUFFIXES, ModelEntry
+from upscaler.models.loaded import ModelInfo
 from upscaler.models.registry import (
     ARCHITECTURES,
     build_model,
@@ -31,52 +31,15 @@ from upscaler.models.registry import (
     get_architecture,
 )
 from upscaler.system.files import write_atomically
-from upscaler.values import SizeRequirement
 
 # Training frameworks wrap the weights; the averaged generator (BasicSR's `params_ema`, the EMA in a
 # checkpoint of `upscale train`) is what a run means to be used, so it wins over the raw one.
 _WRAPPERS = ("params_ema", "net_g_ema", "params", "net_g", "state_dict", "model")
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the rest of `upscale` needs to know about a loaded model.
-
-    config: the keyword arguments that rebuild `LoadedModel.module` with its architecture (for
-    SRResNet that is the folded form, batch_norm False). overlap: the tiling hint in input pixels.
-    bytes_per_pixel: estimated peak fp32 activation memory per input pixel, to size tiles.
-    """
-
-    arch: str
-    scale: int
-    in_channels: int
-    out_channels: int
-    config: dict[str, Any] = field(hash=False)
-    requirement: SizeRequirement
-    overlap: int
-    bytes_per_pixel: int
-    parameters: int
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A network ready for inference: eval mode, no gradients, float32 on the CPU."""
-
-    module: nn.Module
-    info: ModelInfo
-    name: str
-    source: Path
-    digest: str
-
-
-def load_model(spec: str | Path) -> LoadedModel:
-    """Load a model id (`esrgan`) or a weights file (`path/to/net.pth`).
-
-    A string that is a known id means that id, even if a file of that name exists; a Path is always
-    a file.
-    """
-    path, name, entry = resolve_model_spec(spec)
-
+def build_loaded(path: Path, name: str, entry: ModelEntry | None) -> tuple[nn.Module, ModelInfo]:
+    """The network held by the weights file at `path` (resolved by `resolve_model_spec`), ready for
+    inference, and its ModelInfo. `upscaler.models.loaded.load_model` calls this."""
     state, metadata = read_weights(path)
     arch_name, config = _identify(state, metadata, name)
     if entry is not None and arch_name != entry.arch:
@@ -100,7 +63,7 @@ def load_model(spec: str | Path) -> LoadedModel:
         bytes_per_pixel=architecture.bytes_per_pixel(config),
         parameters=sum(parameter.numel() for parameter in module.parameters()),
     )
-    return LoadedModel(module=module, info=info, name=name, source=path, digest=_digest(path))
+    return module, info
 
 
 def read_weights(
@@ -294,14 +257,6 @@ def _fit(module: nn.Module, state: dict[str, torch.Tensor], arch: str, config: M
             f"{name}: weights do not fit a {arch!r} network with config {dict(config)}: {mismatch}"
         )
     module.load_state_dict(state)
-
-
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def save_weights(

@@ -354,3 +354,10 @@ def test_rrdbnet_split_dense_form_keeps_the_output(randomize, scale):
     x = torch.rand(2, 3, 12, 16, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         torch.testing.assert_close(split(x), net(x), atol=1e-5, rtol=0)
+
+
+def test_the_export_forms_known_without_torch_are_the_registrys() -> None:
+    from upscaler.models.catalog import EXPORT_FORMS
+
+    forms = {name: frozenset(arch.forms) for name, arch in ARCHITECTURES.items() if arch.forms}
+    assert forms == EXPORT_FORMS

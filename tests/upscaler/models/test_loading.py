@@ -397,3 +397,27 @@ def test_saved_weights_get_the_mode_of_any_new_file(tmp_path: Path) -> None:
     finally:
         os.umask(previous)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_model_loaded_before_starts_without_torch(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import tiny_weights
+    from upscaler.models import load_model
+
+    weights = tiny_weights(tmp_path, "compact")
+    first = load_model(weights)  # builds the network and keeps its info
+    code = (
+        "import sys\nfrom upscaler.models import load_model\n"
+        f"model = load_model({str(weights)!r})\n"
+        "print('torch' in sys.modules, model.info.scale, model.digest)\n"
+        "model.module\n"
+        "print('torch' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "4", first.digest, "True"]

@@ -1,7 +1,8 @@
 # The README's two set-up commands are `make demo` and `make test`.
 # TORCH picks the PyTorch build: the default pin takes the CPU wheel on the project's machines;
 # a CUDA user runs e.g. `make test TORCH=torch TORCH_INDEX=https://download.pytorch.org/whl/cu128`.
-# `make demo` installs what the tool needs and nothing else; `make test` adds the dev extras.
+# `make demo` installs the tool with OpenVINO and NNCF (the [int8] extra: the fast CPU path the defaults
+# take); `make test` adds the dev extras.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
@@ -16,7 +17,7 @@ $(BASE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e ".[int8]"
 	touch $(BASE)
 
 $(DEV): $(BASE)

@@ -18,6 +18,7 @@ from upscaler.bench.report import BenchSettings, Timing, VideoRun
 from upscaler.bench.run import run_bench
 from upscaler.cli import cli
 from upscaler.models import find_model
+from upscaler.system.runtimes import installed
 from upscaler.values import Precision
 
 # --- FLOPs ---------------------------------------------------------------------------------------------
@@ -279,6 +280,12 @@ def test_bf16_psnr_is_measured_on_a_backend_that_has_bf16(tmp_path: Path) -> Non
     assert quality.problem is None
     assert quality.backend == "torch"
     assert quality.fp32_psnr is not None and quality.bf16_psnr is not None
+    # int8 is measured on the backend that runs it, where it is installed.
+    if installed("openvino") and installed("nncf"):
+        assert quality.int8_backend == "openvino" and quality.int8_problem is None
+        assert quality.int8_psnr is not None and abs(quality.int8_psnr - quality.fp32_psnr) < 10
+    else:
+        assert quality.int8_psnr is None
 
 
 def test_the_video_run_takes_the_backend_upscale_video_would(tmp_path: Path) -> None:

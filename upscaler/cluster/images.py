@@ -8,7 +8,6 @@ so a folder of any size is read as the cluster goes, not all at once.
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
 from tqdm import tqdm
@@ -16,11 +15,11 @@ from tqdm import tqdm
 from upscaler.cluster.connect import worker_count
 from upscaler.cluster.worker import ImageTask as WorkerTask
 from upscaler.cluster.worker import ModelSpec, upscale_image
-from upscaler.errors import InputError, OutputError, UpscaleError
+from upscaler.errors import OutputError, UpscaleError
 from upscaler.image.folder import ImageTask, OutputPlan
 from upscaler.image.formats import EncodeOptions
-from upscaler.image.job import JobReport
-from upscaler.system.files import remove_stale_temporaries, write_atomically
+from upscaler.image.job import JobReport, start_image_job
+from upscaler.system.files import write_atomically
 
 # Tasks in flight per worker: one running, one waiting there with its bytes.
 IN_FLIGHT_PER_WORKER = 2
@@ -41,12 +40,7 @@ def run_images_on_cluster(
     files written, skipped and failed."""
     from distributed import as_completed
 
-    if outscale is not None and not outscale > 0:
-        raise InputError(f"outscale: must be greater than 0 (got {outscale})")
-    report = JobReport(skipped=list(plan.skipped), failed=list(plan.refused), done=list(plan.done))
-    started = time.time()
-    for target in [task.target for task in plan.tasks] + plan.kept:
-        remove_stale_temporaries(target, started)
+    report = start_image_job(plan, outscale)
     if not plan.tasks:
         return report
     resources = {"GPU": gpus_per_task} if gpus_per_task else None

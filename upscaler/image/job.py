@@ -100,6 +100,18 @@ def _write_item(item: _Image | _Failed, options: EncodeOptions) -> _Failed | Non
 # ------------------------------------------------------------------------------------------- runner
 
 
+def start_image_job(plan: OutputPlan, outscale: float | None) -> JobReport:
+    """What every image job (here or on a cluster) does first: check `outscale`, remove what a killed
+    earlier run left (temporaries beside these outputs, older than this run), and start the report
+    with the plan's skipped and refused inputs."""
+    if outscale is not None and not outscale > 0:
+        raise InputError(f"outscale: must be greater than 0 (got {outscale})")
+    started = time.time()
+    for target in [task.target for task in plan.tasks] + plan.kept:
+        remove_stale_temporaries(target, started)
+    return JobReport(skipped=list(plan.skipped), failed=list(plan.refused), done=list(plan.done))
+
+
 def run_image_job(
     plan: OutputPlan,
     upscale: Upscale,
@@ -115,14 +127,8 @@ def run_image_job(
     progress: show a tqdm bar over files on stderr. The plan's skipped and refused inputs are in the
     report too. `upscale` runs in the calling thread.
     """
-    if outscale is not None and not outscale > 0:
-        raise InputError(f"outscale: must be greater than 0 (got {outscale})")
     options = encode or EncodeOptions()
-    report = JobReport(skipped=list(plan.skipped), failed=list(plan.refused), done=list(plan.done))
-    # What a killed earlier run left: temporaries beside these outputs, older than this run
-    started = time.time()
-    for target in [task.target for task in plan.tasks] + plan.kept:
-        remove_stale_temporaries(target, started)
+    report = start_image_job(plan, outscale)
     if not plan.tasks:
         return report
 

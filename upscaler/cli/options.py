@@ -258,7 +258,8 @@ def resolve_model_run(
         from upscaler.selection import choose_backend_by_speed, probe_size
 
         choice = choose_backend_by_speed(loaded, options, run.tile_options, probe_size(*size), items)
-        backend, reasons = choice.name, (choice.reason, *reasons)
+        # One "auto:" for the line: the backend's reason, then the precision's.
+        backend, reasons = choice.name, (choice.reason, *(r.removeprefix("auto: ") for r in reasons))
     return dataclasses.replace(run, backend=backend, backend_options=options, reasons=reasons)
 
 

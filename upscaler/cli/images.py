@@ -122,7 +122,7 @@ def images(
         click.echo(f"{description}; {len(plan.tasks)} image(s) to upscale{done}", err=True)
 
     if cluster is not None:
-        from upscaler.cluster.connect import open_cluster, worker_count
+        from upscaler.cluster.connect import open_cluster, workers_phrase
         from upscaler.cluster.images import run_images_on_cluster
         from upscaler.models import load_model
 
@@ -135,7 +135,7 @@ def images(
             announce(
                 f"model {loaded.name} ({loaded.info.arch}, x{scale}) on backend {run.backend} in "
                 f"{run.backend_options.precision.value}{why}, on the cluster {cluster} "
-                f"({worker_count(client)} workers)",
+                f"({workers_phrase(client)})",
                 plan,
             )
             report = run_images_on_cluster(

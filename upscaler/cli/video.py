@@ -207,7 +207,7 @@ def video(
     what = f"{info.path.name} {sizes}, {plan.encoding.describe()}"
     try:
         if cluster is not None:
-            from upscaler.cluster.connect import open_cluster, worker_count
+            from upscaler.cluster.connect import open_cluster, workers_phrase
             from upscaler.cluster.video import ClusterParts
             from upscaler.video.job import run_parts_job
 
@@ -216,7 +216,7 @@ def video(
                 model = f"model {loaded.name} ({loaded.info.arch}, x{loaded.info.scale})"
                 click.echo(
                     f"{model} on backend {run.backend} in {run.backend_options.precision.value}{_why(run)}, "
-                    f"on the cluster {cluster} ({worker_count(client)} workers); {what}",
+                    f"on the cluster {cluster} ({workers_phrase(client)}); {what}",
                     err=True,
                 )
                 parts = ClusterParts(client, spec, send_input=send_input, gpus_per_task=gpus_per_task)

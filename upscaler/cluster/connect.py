@@ -91,3 +91,9 @@ def open_cluster(address: str) -> Iterator[Any]:
 def worker_count(client: Any) -> int:
     """How many workers the cluster has now (at least 1, for sizing what is kept in flight)."""
     return max(1, len(client.scheduler_info().get("workers", {})))
+
+
+def workers_phrase(client: Any) -> str:
+    """`1 worker`, `3 workers`: the cluster's size, for the command's first line."""
+    count = len(client.scheduler_info().get("workers", {}))
+    return f"{count} worker" if count == 1 else f"{count} workers"

@@ -103,7 +103,8 @@ def load_model(spec: str | Path) -> LoadedModel:
         return LoadedModel(info=info, name=name, source=path, digest=digest, build=build)
     from upscaler.models.loading import build_loaded
 
-    module, info = build_loaded(path, name, entry)
+    module, fields = build_loaded(path, name, entry)
+    info = ModelInfo(**fields)
     _keep_info(digest, info)
     return LoadedModel.of(module, info, name, path, digest)
 

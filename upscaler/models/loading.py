@@ -22,7 +22,6 @@ from torch import nn
 
 from upscaler.errors import ModelError, OutputError
 from upscaler.models.catalog import CHECKPOINT_SUFFIXES, SUFFIXES, ModelEntry
-from upscaler.models.loaded import ModelInfo
 from upscaler.models.registry import (
     ARCHITECTURES,
     build_model,
@@ -37,9 +36,9 @@ from upscaler.system.files import write_atomically
 _WRAPPERS = ("params_ema", "net_g_ema", "params", "net_g", "state_dict", "model")
 
 
-def build_loaded(path: Path, name: str, entry: ModelEntry | None) -> tuple[nn.Module, ModelInfo]:
+def build_loaded(path: Path, name: str, entry: ModelEntry | None) -> tuple[nn.Module, dict[str, Any]]:
     """The network held by the weights file at `path` (resolved by `resolve_model_spec`), ready for
-    inference, and its ModelInfo. `upscaler.models.loaded.load_model` calls this."""
+    inference, and the fields of its `upscaler.models.loaded.ModelInfo`, whose `load_model` calls this."""
     state, metadata = read_weights(path)
     arch_name, config = _identify(state, metadata, name)
     if entry is not None and arch_name != entry.arch:
@@ -52,17 +51,17 @@ def build_loaded(path: Path, name: str, entry: ModelEntry | None) -> tuple[nn.Mo
     module = architecture.inference(module).eval().requires_grad_(False)
 
     config = dict(module.config) if hasattr(module, "config") else dict(config)
-    info = ModelInfo(
-        arch=arch_name,
-        scale=architecture.scale(config),
-        in_channels=int(config["num_in_ch"]),
-        out_channels=int(config["num_out_ch"]),
-        config=config,
-        requirement=architecture.requirement(config),
-        overlap=architecture.overlap(config),
-        bytes_per_pixel=architecture.bytes_per_pixel(config),
-        parameters=sum(parameter.numel() for parameter in module.parameters()),
-    )
+    info = {
+        "arch": arch_name,
+        "scale": architecture.scale(config),
+        "in_channels": int(config["num_in_ch"]),
+        "out_channels": int(config["num_out_ch"]),
+        "config": config,
+        "requirement": architecture.requirement(config),
+        "overlap": architecture.overlap(config),
+        "bytes_per_pixel": architecture.bytes_per_pixel(config),
+        "parameters": sum(parameter.numel() for parameter in module.parameters()),
+    }
     return module, info
 
 

@@ -124,6 +124,9 @@ class OpenVINOSession(ClosingSession):
         if options.threads is not None and options.threads < 1:
             raise BackendError(f"--threads: must be at least 1 (got {options.threads})")
         core = ov.Core()
+        # OpenVINO keeps each compiled model there and loads it on the next run: compiling the RRDBNet
+        # took 1.1 s, loading it 0.09 s.
+        core.set_property({props.cache_dir: str(cache_dir / "openvino-compiled")})
         precision = options.precision
         check_precision(precision, list(core.get_property(DEVICE, props.device.capabilities)))
         self.in_channels = model.info.in_channels
@@ -146,11 +149,12 @@ class OpenVINOSession(ClosingSession):
             config[props.inference_num_threads] = options.threads
         if precision is Precision.INT8:
             xml = quantized_ir(core, self.export, model, cache_dir)
-            self.compiled = core.compile_model(core.read_model(str(xml)), DEVICE, config)
+            self.compiled = core.compile_model(str(xml), DEVICE, config)
         else:
             self.compiled, self.export = load_cached(
                 self.export,
-                lambda path: core.compile_model(core.read_model(str(path)), DEVICE, config),
+                # From the path, so that the compiled-model cache knows the file.
+                lambda path: core.compile_model(str(path), DEVICE, config),
                 lambda: cached_onnx(model, Precision.FP32, cache_dir, form=SPLIT_DENSE),
                 "openvino backend",
             )

@@ -248,3 +248,33 @@ def test_a_form_is_exported_where_the_architecture_has_it(tmp_path: Path) -> Non
     assert cached_onnx(compact, Precision.FP32, tmp_path, form="split-dense").path == (
         cached_onnx(compact, Precision.FP32, tmp_path).path
     )
+
+
+def test_a_cached_export_is_checked_without_importing_onnx(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    weights = tiny_weights(tmp_path, "compact")
+    cache = tmp_path / "cache"
+    export = cached_onnx(load_model(weights), Precision.FP32, cache)
+    sidecar = export.path.with_name(export.path.name + ".json")
+    assert not sidecar.exists()  # made when a cached file is first checked, from its own metadata
+    assert cached_onnx(load_model(weights), Precision.FP32, cache).path == export.path
+    kept = json.loads(sidecar.read_text())
+    assert kept["metadata"]["weights_digest"] == load_model(weights).digest
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom upscaler.export import cached_onnx\n"
+        "from upscaler.models import load_model\nfrom upscaler.values import Precision\n"
+        f"export = cached_onnx(load_model({str(weights)!r}), Precision.FP32, Path({str(cache)!r}))\n"
+        "print(export.path.name, 'onnx' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [export.path.name, "False"]
+    # A file changed since (another size or time) is read again, not trusted on the sidecar's word.
+    os.utime(export.path, ns=(0, 0))
+    assert cached_onnx(load_model(weights), Precision.FP32, cache).path == export.path
+    assert json.loads(sidecar.read_text())["mtime_ns"] == 0

@@ -224,19 +224,14 @@ def open_with(
     from upscaler.upscaling import open_upscaler
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    from upscaler.precision import model_costs
+
     name, resolved, reasons = resolve_options(loaded.info.arch, backend, options, model_costs(loaded))
     if reasons and report is not None:
         report("; ".join(reasons))
     context = open_upscaler(loaded, name, resolved, tiles)
     upscaler = context.__enter__()
     return Model(upscaler, lambda: context.__exit__(None, None, None), resolved, reasons)
-
-
-def model_costs(loaded: LoadedModel) -> dict[str, float] | None:
-    """What each faster precision costs `loaded`, from its card (None for a model without one)."""
-    from upscaler.precision import model_costs as costs_of
-
-    return costs_of(loaded)
 
 
 def _picture(pixels: np.ndarray):

@@ -248,13 +248,15 @@ def resolve_model_run(
     so that what is opened (and what a video journal records) is concrete. With the inputs' `size`
     (rows, columns) and how many there are (`items`), auto picks the backend by measured speed
     (`upscaler.selection`)."""
-    from upscaler.api import model_costs, resolve_options
+    from upscaler.api import resolve_options
+    from upscaler.precision import model_costs
+    from upscaler.values import Precision
 
     backend, options, reasons = resolve_options(
         loaded.info.arch, run.backend, run.backend_options, model_costs(loaded)
     )
     # int8 runs on one backend only (upscaler.backend.INT8_BACKEND): nothing to measure.
-    if run.backend == "auto" and size is not None and options.precision.value != "int8":
+    if run.backend == "auto" and size is not None and options.precision is not Precision.INT8:
         from upscaler.selection import choose_backend_by_speed, probe_size
 
         choice = choose_backend_by_speed(loaded, options, run.tile_options, probe_size(*size), items)

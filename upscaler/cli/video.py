@@ -172,7 +172,8 @@ def video(
     loading = BackgroundLoad(run.model)
     from upscaler.video.probe import probe_video
 
-    info = probe_video(source)
+    with _ffmpeg_log_shown(_debug()):
+        info = probe_video(source)
     loaded = loading.result()
     # --backend auto and --precision auto decided here, so the journal records what really runs; on one
     # machine, auto measures the backends on frames of this size (upscaler.selection).
@@ -200,8 +201,8 @@ def video(
             stabilize=stabilize,
             overwrite=overwrite,
             part_frames=part_frames,
+            info=info,
         )
-    info = plan.source
     show = _Display(progress)
     sizes = f"{info.width}x{info.height} -> {plan.width}x{plan.height}"
     what = f"{info.path.name} {sizes}, {plan.encoding.describe()}"

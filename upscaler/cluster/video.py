@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from upscaler.cluster.connect import worker_count
 from upscaler.cluster.worker import PROGRESS_TOPIC, InputFile, ModelSpec, PartTask, make_part
 from upscaler.errors import InputError, OutputError, UpscaleError
 from upscaler.system.files import write_bytes_atomically
@@ -87,7 +86,8 @@ class ClusterParts:
                 f"{SEND_LIMIT_BYTES // 1024**3} GiB sent through a cluster",
                 hint="put it on storage every worker mounts at the same path, and leave out --send-input",
             )
-        return InputFile(str(path), size, sent=True), path.read_bytes()
+        data = path.read_bytes()
+        return InputFile(str(path), size, sent=True, digest=hashlib.sha256(data).hexdigest()), data
 
 
 class _Driver:
@@ -135,7 +135,7 @@ class _Driver:
                 )
                 pending[future] = cut
             self._progress()
-            if resources and worker_count(client) and not _has_resource(client, "GPU"):
+            if resources and not _has_resource(client, "GPU"):
                 self.events(
                     Note("no worker offers the GPU resource yet: the parts wait for one", warning=True)
                 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -59,11 +58,13 @@ class ModelSpec:
 @dataclass(frozen=True)
 class InputFile:
     """The job's input as a worker finds it: at `path` on storage every worker shares, or (`sent`) in
-    the bytes the task carries. `size` tells a worker's copy from another file at the same path."""
+    the bytes the task carries, whose sha256 is `digest` (taken once, by the driver). `size` tells a
+    worker's copy from another file at the same path."""
 
     path: str
     size: int
     sent: bool = False
+    digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ def _input_path(source: InputFile, data: bytes | None) -> Path:
         return path
     if data is None or len(data) != source.size:
         raise InputError(f"the input's bytes did not arrive whole on a worker: {source.path}")
-    key = hashlib.sha256(data).hexdigest()
+    key = source.digest
     if key not in _inputs or not _inputs[key].exists():
         if not _folder:
             _folder.append(Path(tempfile.mkdtemp(prefix="upscale-inputs-")))

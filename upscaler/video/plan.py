@@ -113,11 +113,13 @@ def plan_video_job(
     overwrite: bool = False,
     part_frames: int = DEFAULT_PART_FRAMES,
     part_seconds: float | None = None,
+    info: VideoInfo | None = None,
 ) -> VideoPlan:
     """Check everything that can be checked before any work, and decide the output size and work folder.
 
     model_key: what about the model and how it runs changes the pixels (weights digest, backend,
     precision, tiling); it goes into the fingerprint as it is, so it must be JSON-serialisable.
+    info: `probe_video(source)` where the caller has it already (it is not read twice).
     Raises InputError (the source, a window outside it) or OutputError (the destination, the encoding).
     """
     source, destination = Path(source), Path(destination)
@@ -130,7 +132,7 @@ def plan_video_job(
     if part_frames < 1:
         raise ValueError(f"part_frames must be at least 1, got {part_frames}")
 
-    info = probe_video(source)
+    info = info if info is not None else probe_video(source)
     _refuse_to_overwrite(source, destination, overwrite)
     encoding = _resolve_encoding(destination, info, settings or EncodeSettings())
     if info.duration is not None and start is not None and start >= info.duration:

@@ -343,7 +343,6 @@ def _dask(*args: str, **popen) -> subprocess.Popen:
 @pytest.mark.slow
 def test_the_dask_command_line_scheduler_and_workers_run_a_job(tmp_path: Path) -> None:
     pytest.importorskip("distributed")
-    import time
 
     weights = tiny_weights(tmp_path, "compact")
     source = clips.cfr_clip(tmp_path, frames=24)
@@ -359,12 +358,12 @@ def test_the_dask_command_line_scheduler_and_workers_run_a_job(tmp_path: Path) -
                 _dask("worker", "--scheduler-file", str(info), "--host", "127.0.0.1", "--nthreads", "1",
                       "--no-dashboard", "--resources", "GPU=1")
             )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while not info.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        import json
+        from distributed import Client
 
-        address = json.loads(info.read_text())["address"]
+        # The client waits for the scheduler's file, then for both workers to join.
+        with Client(scheduler_file=str(info), timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+            address = client.scheduler.address
         run_cli(*video_args(source, tmp_path / "one.mp4", weights))
         output = run_cli(
             *video_args(source, tmp_path / "many.mp4", weights, "--cluster", address, "--gpus-per-task", "1")
